@@ -1,0 +1,370 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *		API layer: endpoint table, paths, query strings, error decoding.
+ *
+ * The table below is the single description of the fourteen endpoints
+ * (wire-notes.md); ae_api_call() turns an entry plus arguments into a
+ * transport request, then turns the answer into either a checked JSON
+ * value or an ereport with the SQLSTATE of design.md §1, a DETAIL naming
+ * status, error type, error code and request id, and a CONTEXT naming the
+ * method and path.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/jsonb.h"
+
+#include "api.h"
+#include "convert.h"
+#include "http.h"
+
+typedef struct AeEndpoint
+{
+	const char *name;
+	AeMethod	method;
+	const char *path;			/* printf template; %s are path arguments */
+	int			nargs;
+	AeCredential credential;
+	bool		workspace;		/* sends anthropic-workspace-id */
+	AeRetryClass retry;
+	AejShape	shape;
+	AejShape	item_shape;		/* for AEJ_PAGE answers */
+	bool		null_answer_ok; /* the answer may be JSON null */
+	const char *not_found;		/* "environment" or "work item" */
+} AeEndpoint;
+
+#define ENVS "/v1/environments"
+
+static const AeEndpoint endpoints[AE_ENDPOINT_COUNT] = {
+	[AE_ENV_CREATE] = {"env_create", AE_POST, ENVS, 0,
+		AE_CRED_API_KEY, true, AE_RETRY_CREATE, AEJ_ENVIRONMENT, 0, false, NULL},
+	[AE_ENV_LIST] = {"env_list", AE_GET, ENVS, 0,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_PAGE, AEJ_ENVIRONMENT, false, NULL},
+	[AE_ENV_GET] = {"env_get", AE_GET, ENVS "/%s", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT, 0, false, "environment"},
+	[AE_ENV_UPDATE] = {"env_update", AE_POST, ENVS "/%s", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT, 0, false, "environment"},
+	[AE_ENV_DELETE] = {"env_delete", AE_DELETE, ENVS "/%s", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT_DELETED, 0, false, "environment"},
+	[AE_ENV_ARCHIVE] = {"env_archive", AE_POST, ENVS "/%s/archive", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT, 0, false, "environment"},
+	[AE_WORK_GET] = {"work_get", AE_GET, ENVS "/%s/work/%s", 2,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item"},
+	[AE_WORK_POLL] = {"work_poll", AE_GET, ENVS "/%s/work/poll", 1,
+		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_WORK, 0, true, "environment"},
+	[AE_WORK_ACK] = {"work_ack", AE_POST, ENVS "/%s/work/%s/ack", 2,
+		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item"},
+	[AE_WORK_HEARTBEAT] = {"work_heartbeat", AE_POST, ENVS "/%s/work/%s/heartbeat", 2,
+		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_HEARTBEAT, 0, false, "work item"},
+	[AE_WORK_STOP] = {"work_stop", AE_POST, ENVS "/%s/work/%s/stop", 2,
+		AE_CRED_ENVIRONMENT, true, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item"},
+	[AE_WORK_LIST] = {"work_list", AE_GET, ENVS "/%s/work", 1,
+		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_PAGE, AEJ_WORK, false, "environment"},
+	[AE_WORK_UPDATE] = {"work_update", AE_POST, ENVS "/%s/work/%s", 2,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item"},
+	[AE_WORK_STATS] = {"work_stats", AE_GET, ENVS "/%s/work/stats", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_QUEUE_STATS, 0, false, "environment"},
+};
+
+static const char *const method_names[] = {"GET", "POST", "DELETE"};
+
+const char *
+ae_endpoint_name(AeEndpointId id)
+{
+	return endpoints[id].name;
+}
+
+AejShape
+ae_endpoint_item_shape(AeEndpointId id)
+{
+	return endpoints[id].item_shape;
+}
+
+void
+ae_check_id(const char *argname, const char *id)
+{
+	const char *reason = NULL;
+	const unsigned char *p;
+
+	if (*id == '\0')
+		reason = "It is empty.";
+	else if (strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
+		reason = "\".\" and \"..\" are not ids.";
+	else if (*id == ';')
+		reason = "It starts with \";\".";
+	else
+	{
+		for (p = (const unsigned char *) id; *p; p++)
+		{
+			if (*p == '/' || *p == '?' || *p == '#')
+			{
+				reason = "It contains \"/\", \"?\" or \"#\".";
+				break;
+			}
+			if (*p < 0x20 || *p == 0x7f)
+			{
+				reason = "It contains a control character.";
+				break;
+			}
+		}
+	}
+	if (reason)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid %s", argname),
+				 errdetail("%s", reason)));
+}
+
+void
+ae_check_page_size(const char *argname, int value)
+{
+	if (value < 1 || value > 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be between 1 and 1000", argname)));
+}
+
+/* Appends s (server encoding) as UTF-8, percent-encoding all but unreserved. */
+static void
+append_encoded(StringInfo buf, const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	const unsigned char *p;
+
+	p = (const unsigned char *) pg_server_to_any(s, strlen(s), PG_UTF8);
+	for (; *p; p++)
+	{
+		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+			(*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_' || *p == '~')
+			appendStringInfoChar(buf, (char) *p);
+		else
+		{
+			appendStringInfoChar(buf, '%');
+			appendStringInfoChar(buf, hex[*p >> 4]);
+			appendStringInfoChar(buf, hex[*p & 15]);
+		}
+	}
+}
+
+typedef struct AeErrorContext
+{
+	const char *method;
+	const char *path;
+} AeErrorContext;
+
+static void
+api_error_context(void *arg)
+{
+	AeErrorContext *ctx = (AeErrorContext *) arg;
+
+	errcontext("Anthropic API request %s %s", ctx->method, ctx->path);
+}
+
+static int
+sqlstate_for_status(long status)
+{
+	switch (status)
+	{
+		case 400:
+		case 422:
+			return ERRCODE_INVALID_PARAMETER_VALUE;
+		case 401:
+			return ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
+		case 402:
+		case 403:
+			return ERRCODE_INSUFFICIENT_PRIVILEGE;
+		case 404:
+			return ERRCODE_UNDEFINED_OBJECT;
+		case 408:
+			return ERRCODE_CONNECTION_FAILURE;
+		case 409:
+			return ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+		case 412:
+			return ERRCODE_T_R_SERIALIZATION_FAILURE;
+		case 413:
+			return ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+		case 429:
+			return ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
+	}
+	if (status >= 500)
+		return ERRCODE_SYSTEM_ERROR;
+	if (status >= 400)
+		return ERRCODE_INVALID_PARAMETER_VALUE;
+	/* 1xx and 3xx (redirects are never followed) */
+	return ERRCODE_CONNECTION_FAILURE;
+}
+
+static char *
+server_text(const char *utf8)
+{
+	return ae_from_utf8(utf8, strlen(utf8));
+}
+
+/* Raises the error an unsuccessful answer stands for. */
+static void
+raise_api_error(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *resp)
+{
+	json_t	   *root = aej_parse(resp->body, resp->body_len, NULL, 0);
+	AejError	err;
+	bool		decoded = aej_decode_error(root, &err);
+	StringInfoData detail;
+	const char *rid = resp->request_id[0] ? resp->request_id : err.request_id;
+	int			sqlstate = sqlstate_for_status(resp->status);
+
+	initStringInfo(&detail);
+	appendStringInfo(&detail, "HTTP status %ld", resp->status);
+	if (decoded && err.type)
+		appendStringInfo(&detail, ", error type %s", server_text(err.type));
+	if (decoded && err.error_code)
+		appendStringInfo(&detail, ", error code %s", server_text(err.error_code));
+	if (rid)
+		appendStringInfo(&detail, ", request id %s", server_text(rid));
+	if (resp->attempts > 1)
+		appendStringInfo(&detail, ", after %d attempts", resp->attempts);
+	appendStringInfoChar(&detail, '.');
+	if (decoded && err.current_state)
+	{
+		char	   *cs = json_dumps(err.current_state, JSON_COMPACT | JSON_SORT_KEYS);
+
+		if (cs)
+			appendStringInfo(&detail, " Current state: %s.", server_text(cs));
+	}
+
+	if (resp->status == 404 && ep->not_found)
+	{
+		if (ep->nargs == 2 && strcmp(ep->not_found, "work item") == 0)
+			ereport(ERROR,
+					(errcode(sqlstate),
+					 errmsg("work item \"%s\" does not exist in environment \"%s\"",
+							call->args[1], call->args[0]),
+					 errdetail_internal("%s", detail.data)));
+		ereport(ERROR,
+				(errcode(sqlstate),
+				 errmsg("%s \"%s\" does not exist", ep->not_found, call->args[0]),
+				 errdetail_internal("%s", detail.data)));
+	}
+	if (decoded && err.message)
+		ereport(ERROR,
+				(errcode(sqlstate),
+				 errmsg("Anthropic API request failed: %s", server_text(err.message)),
+				 errdetail_internal("%s", detail.data)));
+	ereport(ERROR,
+			(errcode(sqlstate),
+			 errmsg("Anthropic API request failed with HTTP status %ld", resp->status),
+			 errdetail_internal("%s", detail.data)));
+}
+
+static void
+raise_malformed(const AeHttpResponse *resp, const char *why)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("malformed answer from the Anthropic API"),
+			 errdetail_internal("%s HTTP status %ld%s%s.", why, resp->status,
+								resp->request_id[0] ? ", request id " : "",
+								resp->request_id)));
+}
+
+json_t *
+ae_api_call(const AeCall *call)
+{
+	const AeEndpoint *ep = &endpoints[call->endpoint];
+	StringInfoData path;
+	AeHttpRequest req;
+	AeHttpResponse resp;
+	AeErrorContext ctx;
+	ErrorContextCallback errcb;
+	size_t		path_len;
+	json_t	   *root;
+	char		errbuf[256];
+	const char *msg;
+	int			i;
+	bool		first = true;
+	json_t	   *result = NULL;
+
+	initStringInfo(&path);
+	{
+		const char *t = ep->path;
+		int			argno = 0;
+
+		for (; *t; t++)
+		{
+			if (t[0] == '%' && t[1] == 's')
+			{
+				Assert(argno < ep->nargs);
+				append_encoded(&path, call->args[argno++]);
+				t++;
+			}
+			else
+				appendStringInfoChar(&path, *t);
+		}
+	}
+	path_len = path.len;
+	for (i = 0; i < AE_MAX_QUERY; i++)
+	{
+		if (call->query[i].name == NULL || call->query[i].value == NULL)
+			continue;
+		appendStringInfoChar(&path, first ? '?' : '&');
+		appendStringInfoString(&path, call->query[i].name);
+		appendStringInfoChar(&path, '=');
+		append_encoded(&path, call->query[i].value);
+		first = false;
+	}
+
+	memset(&req, 0, sizeof(req));
+	req.method = ep->method;
+	req.method_name = method_names[ep->method];
+	req.path = path.data;
+	req.credential = ep->credential;
+	req.workspace = ep->workspace;
+	req.retry = ep->retry;
+	req.extra_timeout_ms = call->extra_timeout_ms;
+	if (call->worker_id)
+		req.worker_id = pg_server_to_any(call->worker_id, strlen(call->worker_id), PG_UTF8);
+	if (call->body)
+	{
+		req.body = pg_server_to_any(call->body, strlen(call->body), PG_UTF8);
+		req.body_len = strlen(req.body);
+	}
+
+	ctx.method = req.method_name;
+	ctx.path = pnstrdup(path.data, path_len);
+	errcb.callback = api_error_context;
+	errcb.arg = &ctx;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	ae_http_execute(&req, &resp);
+
+	if (resp.status < 200 || resp.status >= 300)
+	{
+		if (resp.status == 404 && call->missing_ok)
+		{
+			error_context_stack = errcb.previous;
+			return NULL;
+		}
+		raise_api_error(ep, call, &resp);
+	}
+
+	if (!resp.json_content)
+		raise_malformed(&resp, "The answer is not of content type application/json.");
+	root = aej_parse(resp.body, resp.body_len, errbuf, sizeof(errbuf));
+	if (root == NULL)
+		raise_malformed(&resp, psprintf("The answer is not valid JSON: %s.", errbuf));
+	if (json_is_null(root) && ep->null_answer_ok)
+		result = NULL;
+	else
+	{
+		msg = aej_check_shape(root, ep->shape, errbuf, sizeof(errbuf));
+		if (msg)
+			raise_malformed(&resp, msg);
+		result = root;
+	}
+
+	error_context_stack = errcb.previous;
+	return result;
+}

@@ -1,0 +1,76 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.h
+ *		API layer: the endpoint table, request building, error decoding.
+ *
+ * Every SQL function goes through ae_api_call() with an endpoint from the
+ * table in api.c, which holds each endpoint's method, path template,
+ * credential, retry class and answer shape.  Adding an endpoint means one
+ * table entry and one SQL declaration.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AE_API_H
+#define AE_API_H
+
+#include "apijson.h"
+
+typedef enum AeEndpointId
+{
+	AE_ENV_CREATE,
+	AE_ENV_LIST,
+	AE_ENV_GET,
+	AE_ENV_UPDATE,
+	AE_ENV_DELETE,
+	AE_ENV_ARCHIVE,
+	AE_WORK_GET,
+	AE_WORK_POLL,
+	AE_WORK_ACK,
+	AE_WORK_HEARTBEAT,
+	AE_WORK_STOP,
+	AE_WORK_LIST,
+	AE_WORK_UPDATE,
+	AE_WORK_STATS,
+	AE_ENDPOINT_COUNT
+} AeEndpointId;
+
+#define AE_MAX_QUERY 4
+
+typedef struct AeQueryParam
+{
+	const char *name;
+	const char *value;			/* NULL: left out of the query string */
+} AeQueryParam;
+
+typedef struct AeCall
+{
+	AeEndpointId endpoint;
+	const char *args[2];		/* path arguments, in server encoding */
+	AeQueryParam query[AE_MAX_QUERY];
+	const char *body;			/* JSON text in server encoding, or NULL */
+	const char *worker_id;		/* anthropic-worker-id, or NULL */
+	int			extra_timeout_ms;
+	bool		missing_ok;		/* a 404 returns NULL instead of raising */
+} AeCall;
+
+/* Name of an endpoint, as SQL knows it ("env_get"). */
+extern const char *ae_endpoint_name(AeEndpointId id);
+
+/* Shape every item of a list endpoint's page has. */
+extern AejShape ae_endpoint_item_shape(AeEndpointId id);
+
+/*
+ * Sends the call and returns its answer, parsed and checked against the
+ * endpoint's shape, in CurrentMemoryContext.  Returns NULL for a 404 when
+ * missing_ok is set, and for a JSON null answer where the endpoint allows
+ * one (poll); raises the SQLSTATE of design.md §1 for everything else.
+ */
+extern json_t *ae_api_call(const AeCall *call);
+
+/* Raises 22023 unless id is acceptable as a path segment. */
+extern void ae_check_id(const char *argname, const char *id);
+
+/* Raises 22023 unless 1 <= value <= 1000. */
+extern void ae_check_page_size(const char *argname, int value);
+
+#endif							/* AE_API_H */

@@ -1,0 +1,324 @@
+/*-------------------------------------------------------------------------
+ *
+ * convert.c
+ *		Conversion layer: parsed API answers to PostgreSQL values and rows.
+ *
+ * jansson is told to allocate with palloc in whatever memory context is
+ * current, so a parse made during a call lives and dies with that call's
+ * context; an error anywhere frees it with the context, and no PG_TRY is
+ * needed around jansson.  Allocation failures come back to jansson as NULL
+ * rather than as a longjmp through its code.
+ *
+ * This file must not include utils/builtins.h: its json_object() clashes
+ * with jansson's.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "mb/pg_wchar.h"
+#include "utils/fmgroids.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "convert.h"
+
+static void *
+ae_json_alloc(size_t size)
+{
+	return MemoryContextAllocExtended(CurrentMemoryContext, size, MCXT_ALLOC_NO_OOM);
+}
+
+static void
+ae_json_free(void *ptr)
+{
+	if (ptr)
+		pfree(ptr);
+}
+
+void
+ae_jansson_use_palloc(void)
+{
+	json_set_alloc_funcs(ae_json_alloc, ae_json_free);
+}
+
+char *
+ae_from_utf8(const char *s, size_t len)
+{
+	if (GetDatabaseEncoding() == PG_UTF8)
+		return pnstrdup(s, len);
+	return pg_any_to_server(s, (int) len, PG_UTF8);
+}
+
+static Datum
+text_datum(const char *s)
+{
+	size_t		len = strlen(s);
+	text	   *t;
+
+	if (GetDatabaseEncoding() != PG_UTF8)
+	{
+		s = pg_any_to_server(s, (int) len, PG_UTF8);
+		len = strlen(s);
+	}
+	t = (text *) palloc(len + VARHDRSZ);
+	SET_VARSIZE(t, len + VARHDRSZ);
+	memcpy(VARDATA(t), s, len);
+	return PointerGetDatum(t);
+}
+
+static void
+set_jsonb_string(JsonbValue *jv, const char *s, size_t len)
+{
+	jv->type = jbvString;
+	if (GetDatabaseEncoding() == PG_UTF8)
+		jv->val.string.val = (char *) s;
+	else
+	{
+		jv->val.string.val = pg_any_to_server(s, (int) len, PG_UTF8);
+		len = strlen(jv->val.string.val);
+	}
+	jv->val.string.len = (int) len;
+}
+
+static JsonbValue *
+push_json(JsonbParseState **state, json_t *v, JsonbIteratorToken tok)
+{
+	JsonbValue	jv;
+	char		buf[64];
+
+	switch (json_typeof(v))
+	{
+		case JSON_OBJECT:
+			{
+				const char *key;
+				json_t	   *val;
+
+				pushJsonbValue(state, WJB_BEGIN_OBJECT, NULL);
+				json_object_foreach(v, key, val)
+				{
+					set_jsonb_string(&jv, key, strlen(key));
+					pushJsonbValue(state, WJB_KEY, &jv);
+					push_json(state, val, WJB_VALUE);
+				}
+				return pushJsonbValue(state, WJB_END_OBJECT, NULL);
+			}
+		case JSON_ARRAY:
+			{
+				size_t		i;
+				json_t	   *val;
+
+				pushJsonbValue(state, WJB_BEGIN_ARRAY, NULL);
+				json_array_foreach(v, i, val)
+					push_json(state, val, WJB_ELEM);
+				return pushJsonbValue(state, WJB_END_ARRAY, NULL);
+			}
+		case JSON_STRING:
+			set_jsonb_string(&jv, json_string_value(v), json_string_length(v));
+			break;
+		case JSON_INTEGER:
+			jv.type = jbvNumeric;
+			jv.val.numeric = int64_to_numeric((int64) json_integer_value(v));
+			break;
+		case JSON_REAL:
+			jv.type = jbvNumeric;
+			snprintf(buf, sizeof(buf), "%.17g", json_real_value(v));
+			jv.val.numeric = DatumGetNumeric(OidInputFunctionCall(F_NUMERIC_IN, buf,
+																  InvalidOid, -1));
+			break;
+		case JSON_TRUE:
+		case JSON_FALSE:
+			jv.type = jbvBool;
+			jv.val.boolean = json_is_true(v);
+			break;
+		case JSON_NULL:
+		default:
+			jv.type = jbvNull;
+			break;
+	}
+	return pushJsonbValue(state, tok, &jv);
+}
+
+Jsonb *
+ae_json_to_jsonb(json_t *value)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue *res;
+
+	if (json_is_object(value) || json_is_array(value))
+		res = push_json(&state, value, WJB_VALUE);
+	else
+	{
+		/* A bare scalar is stored as a one-element "raw scalar" array. */
+		JsonbValue	arr;
+
+		arr.type = jbvArray;
+		arr.val.array.rawScalar = true;
+		arr.val.array.nElems = 1;
+		arr.val.array.elems = NULL;
+		pushJsonbValue(&state, WJB_BEGIN_ARRAY, &arr);
+		push_json(&state, value, WJB_ELEM);
+		res = pushJsonbValue(&state, WJB_END_ARRAY, NULL);
+	}
+	return JsonbValueToJsonb(res);
+}
+
+/* Sets value/isnull from a string member. */
+static void
+put_text(json_t *obj, const char *key, Datum *value, bool *isnull)
+{
+	const char *s = aej_string(obj, key);
+
+	*isnull = (s == NULL);
+	if (s)
+		*value = text_datum(s);
+}
+
+/* Sets value/isnull from an RFC 3339 member; the shape check parsed it once. */
+static bool
+time_datum(const char *s, Datum *value)
+{
+	AejTime		t;
+	struct pg_tm tm;
+	Timestamp	ts;
+	int			tz;
+
+	if (s == NULL || !aej_parse_time(s, &t))
+		return false;
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = t.year;
+	tm.tm_mon = t.month;
+	tm.tm_mday = t.day;
+	tm.tm_hour = t.hour;
+	tm.tm_min = t.minute;
+	tm.tm_sec = t.second;
+	tz = -t.offset_s;			/* PostgreSQL counts seconds west of UTC */
+	if (tm2timestamp(&tm, t.usec, &tz, &ts) != 0 || !IS_VALID_TIMESTAMP(ts))
+		return false;
+	*value = TimestampTzGetDatum(ts);
+	return true;
+}
+
+static void
+put_time(json_t *obj, const char *key, Datum *value, bool *isnull)
+{
+	*isnull = !time_datum(aej_string(obj, key), value);
+}
+
+static void
+put_jsonb(json_t *obj, const char *key, Datum *value, bool *isnull)
+{
+	json_t	   *v = json_object_get(obj, key);
+
+	*isnull = (v == NULL || json_is_null(v));
+	if (!*isnull)
+		*value = JsonbPGetDatum(ae_json_to_jsonb(v));
+}
+
+static void
+check_natts(TupleDesc desc, int natts)
+{
+	if (desc->natts != natts)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("row type has %d columns, expected %d", desc->natts, natts),
+				 errhint("The extension's SQL objects do not match its library; run ALTER EXTENSION anthropic_env UPDATE.")));
+}
+
+HeapTuple
+ae_environment_tuple(TupleDesc desc, json_t *obj)
+{
+	Datum		values[11];
+	bool		nulls[11];
+	json_t	   *config = json_object_get(obj, "config");
+
+	check_natts(desc, 11);
+	put_text(obj, "id", &values[0], &nulls[0]);
+	put_text(obj, "name", &values[1], &nulls[1]);
+	put_text(obj, "description", &values[2], &nulls[2]);
+	if (json_is_object(config))
+		put_text(config, "type", &values[3], &nulls[3]);
+	else
+		nulls[3] = true;
+	put_jsonb(obj, "config", &values[4], &nulls[4]);
+	put_jsonb(obj, "metadata", &values[5], &nulls[5]);
+	put_text(obj, "scope", &values[6], &nulls[6]);
+	put_time(obj, "created_at", &values[7], &nulls[7]);
+	put_time(obj, "updated_at", &values[8], &nulls[8]);
+	put_time(obj, "archived_at", &values[9], &nulls[9]);
+	values[10] = JsonbPGetDatum(ae_json_to_jsonb(obj));
+	nulls[10] = false;
+	return heap_form_tuple(desc, values, nulls);
+}
+
+HeapTuple
+ae_work_tuple(TupleDesc desc, json_t *obj)
+{
+	Datum		values[14];
+	bool		nulls[14];
+	json_t	   *data = json_object_get(obj, "data");
+
+	check_natts(desc, 14);
+	put_text(obj, "id", &values[0], &nulls[0]);
+	put_text(obj, "environment_id", &values[1], &nulls[1]);
+	put_text(obj, "state", &values[2], &nulls[2]);
+	if (json_is_object(data))
+	{
+		put_text(data, "type", &values[3], &nulls[3]);
+		put_text(data, "id", &values[4], &nulls[4]);
+	}
+	else
+		nulls[3] = nulls[4] = true;
+	put_jsonb(obj, "metadata", &values[5], &nulls[5]);
+	put_time(obj, "created_at", &values[6], &nulls[6]);
+	put_time(obj, "acknowledged_at", &values[7], &nulls[7]);
+	put_time(obj, "started_at", &values[8], &nulls[8]);
+	put_time(obj, "latest_heartbeat_at", &values[9], &nulls[9]);
+	put_time(obj, "stop_requested_at", &values[10], &nulls[10]);
+	put_time(obj, "stopped_at", &values[11], &nulls[11]);
+	put_text(obj, "secret", &values[12], &nulls[12]);
+	values[13] = JsonbPGetDatum(ae_json_to_jsonb(obj));
+	nulls[13] = false;
+	return heap_form_tuple(desc, values, nulls);
+}
+
+HeapTuple
+ae_heartbeat_tuple(TupleDesc desc, json_t *obj)
+{
+	Datum		values[5];
+	bool		nulls[5];
+	json_t	   *lease = json_object_get(obj, "lease_extended");
+	json_t	   *ttl = json_object_get(obj, "ttl_seconds");
+
+	check_natts(desc, 5);
+	put_text(obj, "last_heartbeat", &values[0], &nulls[0]);
+	nulls[1] = !time_datum(aej_string(obj, "last_heartbeat"), &values[1]);
+	nulls[2] = !json_is_boolean(lease);
+	values[2] = BoolGetDatum(json_is_true(lease));
+	put_text(obj, "state", &values[3], &nulls[3]);
+	nulls[4] = !json_is_integer(ttl);
+	values[4] = Int32GetDatum(nulls[4] ? 0 : (int32) json_integer_value(ttl));
+	return heap_form_tuple(desc, values, nulls);
+}
+
+HeapTuple
+ae_queue_stats_tuple(TupleDesc desc, json_t *obj)
+{
+	Datum		values[4];
+	bool		nulls[4];
+	json_t	   *depth = json_object_get(obj, "depth");
+	json_t	   *pending = json_object_get(obj, "pending");
+	json_t	   *workers = json_object_get(obj, "workers_polling");
+
+	check_natts(desc, 4);
+	nulls[0] = !json_is_integer(depth);
+	values[0] = Int64GetDatum(nulls[0] ? 0 : (int64) json_integer_value(depth));
+	nulls[1] = !json_is_integer(pending);
+	values[1] = Int64GetDatum(nulls[1] ? 0 : (int64) json_integer_value(pending));
+	put_time(obj, "oldest_queued_at", &values[2], &nulls[2]);
+	nulls[3] = !json_is_integer(workers);
+	values[3] = Int32GetDatum(nulls[3] ? 0 : (int32) json_integer_value(workers));
+	return heap_form_tuple(desc, values, nulls);
+}

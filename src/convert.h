@@ -1,0 +1,33 @@
+/*-------------------------------------------------------------------------
+ *
+ * convert.h
+ *		Conversion layer: parsed API answers (jansson) to PostgreSQL rows.
+ *
+ * Callers check an answer's shape with aej_check_shape() first; the
+ * functions here then build values from that single parse, with no
+ * detour through JSON text.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AE_CONVERT_H
+#define AE_CONVERT_H
+
+#include "access/htup.h"
+#include "access/tupdesc.h"
+#include "utils/jsonb.h"
+
+#include "apijson.h"
+
+/* Makes jansson allocate in the current memory context. */
+extern void ae_jansson_use_palloc(void);
+
+extern Jsonb *ae_json_to_jsonb(json_t *value);
+extern HeapTuple ae_environment_tuple(TupleDesc desc, json_t *obj);
+extern HeapTuple ae_work_tuple(TupleDesc desc, json_t *obj);
+extern HeapTuple ae_heartbeat_tuple(TupleDesc desc, json_t *obj);
+extern HeapTuple ae_queue_stats_tuple(TupleDesc desc, json_t *obj);
+
+/* A UTF-8 string from the API as a server-encoded, palloc'd C string. */
+extern char *ae_from_utf8(const char *s, size_t len);
+
+#endif							/* AE_CONVERT_H */

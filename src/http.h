@@ -1,0 +1,66 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.h
+ *		Transport layer: one request to the API, with retries.
+ *
+ * The caller (api.c) says what to send; this layer owns libcurl, the
+ * headers, timeouts, interrupts, the response-size cap and the retry
+ * policy.  It knows nothing of endpoints or JSON.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AE_HTTP_H
+#define AE_HTTP_H
+
+typedef enum AeCredential
+{
+	AE_CRED_API_KEY,			/* x-api-key */
+	AE_CRED_ENVIRONMENT			/* Bearer environment key, else x-api-key */
+} AeCredential;
+
+typedef enum AeRetryClass
+{
+	AE_RETRY_SAFE,				/* GETs and POSTs that cannot act twice */
+	AE_RETRY_CREATE				/* only when the server surely did nothing */
+} AeRetryClass;
+
+typedef enum AeMethod
+{
+	AE_GET,
+	AE_POST,
+	AE_DELETE
+} AeMethod;
+
+typedef struct AeHttpRequest
+{
+	AeMethod	method;
+	const char *method_name;
+	const char *path;			/* encoded path and query, from "/v1/..." */
+	const char *body;			/* UTF-8 JSON, or NULL for none */
+	size_t		body_len;
+	AeCredential credential;
+	bool		workspace;		/* send anthropic-workspace-id if set */
+	const char *worker_id;		/* anthropic-worker-id, or NULL */
+	AeRetryClass retry;
+	int			extra_timeout_ms;	/* a long poll's block_ms */
+} AeHttpRequest;
+
+typedef struct AeHttpResponse
+{
+	long		status;
+	char	   *body;			/* palloc'd, NUL-terminated */
+	size_t		body_len;
+	char		request_id[128];
+	bool		json_content;	/* content type is application/json */
+	int			attempts;
+} AeHttpResponse;
+
+/*
+ * Performs the request with the retry policy, in CurrentMemoryContext.
+ * Returns the last HTTP answer, whatever its status; raises 08006 for a
+ * transport failure and 54000 for an oversized body once retries are
+ * spent.  Query cancel and termination interrupt it at any point.
+ */
+extern void ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp);
+
+#endif							/* AE_HTTP_H */

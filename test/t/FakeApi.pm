@@ -1,0 +1,94 @@
+# FakeApi: starts test/fake-anthropic-api for a TAP test and drives its
+# /_fake/ control endpoints over loopback HTTP.
+package FakeApi;
+
+use strict;
+use warnings;
+
+use HTTP::Tiny;
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use JSON::PP;
+use Test::More;
+use Time::HiRes qw(time);
+
+our $KEY = 'sk-ant-fake-test-key';
+
+sub start
+{
+	my ($class, @extra) = @_;
+	my $prog = $ENV{FAKE_API} // 'test/fake-anthropic-api';
+	my ($in, $out, $err) = ('', '', '');
+	my $h = IPC::Run::start([ 'python3', $prog, '--port', '0', '--quiet', '--api-key', $KEY, @extra ],
+		\$in, \$out, \$err);
+	my $deadline = time + 20;
+	while ($out !~ m{listening on (https?://127\.0\.0\.1:\d+)})
+	{
+		die "fake API did not start: $err" if time > $deadline || !$h->pumpable;
+		$h->pump_nb;
+		select(undef, undef, undef, 0.05);
+	}
+	$out =~ m{listening on (https?://127\.0\.0\.1:\d+)};
+	my $self = bless {
+		h => $h,
+		url => $1,
+		http => HTTP::Tiny->new(timeout => 60, keep_alive => 0),
+	}, $class;
+	return $self;
+}
+
+sub url { return $_[0]->{url}; }
+
+sub call
+{
+	my ($self, $method, $path, $body) = @_;
+	my %opts;
+	if (defined $body)
+	{
+		$opts{content} = encode_json($body);
+		$opts{headers} = { 'content-type' => 'application/json' };
+	}
+	my $res = $self->{http}->request($method, $self->{url} . $path, \%opts);
+	die "fake API $method $path failed: $res->{status} $res->{content}"
+	  unless $res->{success};
+	return length($res->{content}) ? decode_json($res->{content}) : undef;
+}
+
+sub reset { $_[0]->call('POST', '/_fake/reset'); }
+sub fault { $_[0]->call('POST', '/_fake/faults', $_[1]); }
+sub clear_faults { $_[0]->call('DELETE', '/_fake/faults'); }
+sub requests { return $_[0]->call('GET', '/_fake/requests')->{data}; }
+sub clear_requests { $_[0]->call('DELETE', '/_fake/requests'); }
+sub stats { return $_[0]->call('GET', '/_fake/stats'); }
+sub bulk { return $_[0]->call('POST', '/_fake/environments/bulk', { count => $_[1], %{ $_[2] // {} } }); }
+
+sub stop
+{
+	my $self = shift;
+	return unless $self->{h};
+	$self->{h}->signal('TERM');
+	eval { $self->{h}->finish; };
+	delete $self->{h};
+}
+
+sub DESTROY { $_[0]->stop; }
+
+# A PostgreSQL::Test::Cluster node with the extension preloaded and pointed
+# at this fake; the key comes from the server's environment, as the README
+# recommends, so it never appears in a SQL statement.
+sub new_node
+{
+	my ($self, $name, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opts{init} // {} });
+	my $libs = $opts{preload} // 'anthropic_env';
+	$node->append_conf('postgresql.conf', "shared_preload_libraries = '$libs'\n"
+		  . "anthropic.base_url = '$self->{url}'\n"
+		  . ($opts{conf} // ''));
+	local $ENV{ANTHROPIC_API_KEY} = $opts{api_key} // $KEY;
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION anthropic_env');
+	return $node;
+}
+
+1;
