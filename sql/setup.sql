@@ -48,7 +48,7 @@ LANGUAGE sql AS $$ SELECT fake.call('POST', '/_fake/environments/' || environmen
 CREATE FUNCTION fake.mask(s text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
 	SELECT regexp_replace(regexp_replace(regexp_replace(s,
-		'(env|work|sesn|req|wrkspc)_[A-Za-z0-9]+', '\1_X', 'g'),
+		'(env|work|sesn|req|wrkspc)_[A-Za-z0-9]{20,}', '\1_X', 'g'),
 		'page_[A-Za-z0-9+/=%]{12,}', 'page_X', 'g'),
 		'\d{4}-\d\d-\d\d[T ]\d\d(:|%3A)\d\d(:|%3A)\d\d(\.\d+)?(Z|[+-]\d\d(:\d\d)?)?', 'TIMESTAMP', 'g')
 $$;
