@@ -18,7 +18,8 @@ OBJS = \
 	src/convert.o \
 	src/sqlfuncs.o \
 	src/env.o \
-	src/work.o
+	src/work.o \
+	src/worker.o
 
 DATA = sql/anthropic_env--$(EXTVERSION).sql
 PG_CPPFLAGS = -I$(srcdir)/src
