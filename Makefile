@@ -19,7 +19,8 @@ OBJS = \
 	src/sqlfuncs.o \
 	src/env.o \
 	src/work.o \
-	src/worker.o
+	src/worker.o \
+	src/stats.o
 
 DATA = sql/anthropic_env--$(EXTVERSION).sql
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -29,7 +30,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK = -lcurl -ljansson
 
-REGRESS = setup env_basic env_list env_lifecycle env_update errors work security
+REGRESS = setup env_basic env_list env_lifecycle env_update errors work stats security
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(FAKE_API_CONF)
 
 EXTRA_CLEAN = tmp_check results regression.diffs regression.out

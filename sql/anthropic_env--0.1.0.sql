@@ -445,5 +445,29 @@ LEFT JOIN LATERAL (SELECT * FROM anthropic.sync_runs WHERE status = 'error' ORDE
 COMMENT ON VIEW anthropic.sync_status IS
 	'The sync worker (pid, next planned run, failures in a row) with the last run and the last error';
 
+-- Request statistics ----------------------------------------------------
+
+CREATE FUNCTION anthropic._request_stats(
+	OUT endpoint text, OUT calls bigint, OUT errors_4xx bigint, OUT errors_5xx bigint,
+	OUT errors_transport bigint, OUT retries bigint, OUT total_ms double precision,
+	OUT mean_ms double precision, OUT max_ms double precision, OUT bytes_sent bigint,
+	OUT bytes_received bigint, OUT last_error_at timestamptz, OUT last_request_id text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'ae_request_stats'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION anthropic._request_stats() IS
+	'Internal: row source of anthropic.request_stats';
+
+CREATE VIEW anthropic.request_stats AS SELECT * FROM anthropic._request_stats();
+COMMENT ON VIEW anthropic.request_stats IS
+	'Calls to the API per endpoint since the last reset: errors by class, retries, time and bytes; cluster-wide when the library is preloaded, per backend otherwise';
+
+CREATE FUNCTION anthropic.request_stats_reset()
+RETURNS void
+AS 'MODULE_PATHNAME', 'ae_request_stats_reset'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION anthropic.request_stats_reset() IS
+	'Zeroes anthropic.request_stats; superusers and roles granted EXECUTE only';
+
 -- Privileges: nothing is callable or readable until a superuser grants it.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA anthropic FROM PUBLIC;

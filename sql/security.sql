@@ -2,7 +2,6 @@
 -- security: privileges and key hiding (design.md section 2).
 --
 SELECT fake.reset();
-GRANT USAGE ON SCHEMA fake TO PUBLIC;
 CREATE ROLE ae_plain LOGIN;
 CREATE ROLE ae_reader LOGIN IN ROLE pg_read_all_settings;
 CREATE ROLE ae_app LOGIN;

@@ -5,6 +5,7 @@
 --
 CREATE EXTENSION anthropic_env;
 CREATE SCHEMA fake;
+GRANT USAGE ON SCHEMA fake TO PUBLIC;
 
 CREATE FUNCTION fake.sh_quote(s text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT '''' || replace(s, '''', '''"''"''') || '''' $$;

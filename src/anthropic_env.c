@@ -18,6 +18,7 @@
 
 #include "anthropic_env.h"
 #include "convert.h"
+#include "stats.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -33,6 +34,7 @@ ae_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	ae_worker_shmem_request();
+	ae_stats_shmem_request();
 }
 
 static void
@@ -41,6 +43,7 @@ ae_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	ae_worker_shmem_startup();
+	ae_stats_shmem_startup();
 }
 
 void

@@ -27,6 +27,8 @@ extern char *ae_sync_database;
 extern int	ae_sync_interval_s;
 extern bool ae_sync_work;
 extern int	ae_history_retention_s;
+extern bool ae_log_requests;
+extern bool ae_track_requests;
 
 /*
  * Bumped whenever a setting that goes into request headers changes, so the

@@ -316,6 +316,7 @@ ae_api_call(const AeCall *call)
 	}
 
 	memset(&req, 0, sizeof(req));
+	req.endpoint = call->endpoint;
 	req.method = ep->method;
 	req.method_name = method_names[ep->method];
 	req.path = path.data;

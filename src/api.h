@@ -14,25 +14,9 @@
 #define AE_API_H
 
 #include "apijson.h"
+#include "endpoints.h"
 
-typedef enum AeEndpointId
-{
-	AE_ENV_CREATE,
-	AE_ENV_LIST,
-	AE_ENV_GET,
-	AE_ENV_UPDATE,
-	AE_ENV_DELETE,
-	AE_ENV_ARCHIVE,
-	AE_WORK_GET,
-	AE_WORK_POLL,
-	AE_WORK_ACK,
-	AE_WORK_HEARTBEAT,
-	AE_WORK_STOP,
-	AE_WORK_LIST,
-	AE_WORK_UPDATE,
-	AE_WORK_STATS,
-	AE_ENDPOINT_COUNT
-} AeEndpointId;
+
 
 #define AE_MAX_QUERY 4
 
@@ -52,9 +36,6 @@ typedef struct AeCall
 	int			extra_timeout_ms;
 	bool		missing_ok;		/* a 404 returns NULL instead of raising */
 } AeCall;
-
-/* Name of an endpoint, as SQL knows it ("env_get"). */
-extern const char *ae_endpoint_name(AeEndpointId id);
 
 /* Shape every item of a list endpoint's page has. */
 extern AejShape ae_endpoint_item_shape(AeEndpointId id);

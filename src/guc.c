@@ -16,6 +16,7 @@
 #include <ctype.h>
 #include <limits.h>
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
@@ -36,6 +37,8 @@ char	   *ae_sync_database = NULL;
 int			ae_sync_interval_s = 300;
 bool		ae_sync_work = false;
 int			ae_history_retention_s = 7 * 24 * 3600;
+bool		ae_log_requests = false;
+bool		ae_track_requests = true;
 
 uint64		ae_header_generation = 1;
 
@@ -348,12 +351,14 @@ ae_define_gucs(void)
 							PGC_SUSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
-	DefineCustomStringVariable("anthropic.sync_database",
-							   "Database the sync background worker connects to; empty disables it.",
-							   NULL,
-							   &ae_sync_database, "",
-							   PGC_POSTMASTER, 0,
-							   NULL, NULL, NULL);
+	/* A postmaster setting can only be defined while preloading. */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("anthropic.sync_database",
+								   "Database the sync background worker connects to; empty disables it.",
+								   NULL,
+								   &ae_sync_database, "",
+								   PGC_POSTMASTER, 0,
+								   NULL, NULL, NULL);
 
 	DefineCustomIntVariable("anthropic.sync_interval",
 							"Time between two runs of the sync worker.",
@@ -375,6 +380,20 @@ ae_define_gucs(void)
 							&ae_history_retention_s, 7 * 24 * 3600, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("anthropic.log_requests",
+							 "Logs each request attempt at LOG: method, path, status, attempt, time, request id.",
+							 "Headers and bodies are never logged.",
+							 &ae_log_requests, false,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("anthropic.track_requests",
+							 "Collects per-endpoint statistics for anthropic.request_stats.",
+							 NULL,
+							 &ae_track_requests, true,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("anthropic");
 }

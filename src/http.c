@@ -36,12 +36,31 @@
 
 #include "anthropic_env.h"
 #include "http.h"
+#include "stats.h"
 
 /* How often a running transfer looks at pending interrupts. */
 #define AE_POLL_INTERVAL_MS 20
 
 /* Retry-After values are honoured up to this long (as the SDKs do). */
 #define AE_MAX_RETRY_AFTER_MS 2147483647.0
+
+/*
+ * The wait event a backend shows in pg_stat_activity while a request is
+ * in flight: "Extension" before PostgreSQL 17, a named one from 17 on.
+ */
+static uint32
+request_wait_event(void)
+{
+#if PG_VERSION_NUM >= 170000
+	static uint32 event = 0;
+
+	if (event == 0)
+		event = WaitEventExtensionNew("AnthropicApiRequest");
+	return event;
+#else
+	return PG_WAIT_EXTENSION;
+#endif
+}
 
 static CURLM *ae_multi = NULL;
 static CURL *ae_easy = NULL;
@@ -264,7 +283,7 @@ interruptible_sleep(long ms)
 		if (left <= 0)
 			break;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 left, PG_WAIT_EXTENSION);
+						 left, request_wait_event());
 		ResetLatch(MyLatch);
 	}
 }
@@ -364,7 +383,7 @@ perform_once(void)
 	volatile bool done = false;
 
 	curl_multi_add_handle(ae_multi, ae_easy);
-	pgstat_report_wait_start(PG_WAIT_EXTENSION);
+	pgstat_report_wait_start(request_wait_event());
 	PG_TRY();
 	{
 		while (!done)
@@ -450,6 +469,51 @@ raise_transport_error(CURLcode rc, int attempts, long timeout_ms)
 			 errdetail("Attempts: %d. %s", attempts, detail)));
 }
 
+/* anthropic.log_requests: one line per attempt, never headers or bodies. */
+static void
+log_attempt(const AeHttpRequest *req, CURLcode rc, long status, int attempt,
+			TimestampTz started, const char *request_id)
+{
+	long		secs;
+	int			usecs;
+	int			pathlen = (int) strcspn(req->path, "?");
+
+	TimestampDifference(started, GetCurrentTimestamp(), &secs, &usecs);
+	if (rc == CURLE_OK)
+		ereport(LOG,
+				(errmsg("anthropic_env request %s %.*s: status %ld, attempt %d, %.1f ms, request id %s",
+						req->method_name, pathlen, req->path, status, attempt,
+						secs * 1000.0 + usecs / 1000.0, request_id ? request_id : "none"),
+				 errhidestmt(true), errhidecontext(true)));
+	else
+		ereport(LOG,
+				(errmsg("anthropic_env request %s %.*s: %s, attempt %d, %.1f ms",
+						req->method_name, pathlen, req->path, curl_easy_strerror(rc), attempt,
+						secs * 1000.0 + usecs / 1000.0),
+				 errhidestmt(true), errhidecontext(true)));
+}
+
+/* Bytes of one attempt, headers included, as libcurl counted them. */
+static void
+count_bytes(const AeBodyBuffer *body, uint64 *sent, uint64 *received)
+{
+	long		req_size = 0;
+	long		hdr_size = 0;
+	curl_off_t	upload = 0;
+
+	curl_easy_getinfo(ae_easy, CURLINFO_REQUEST_SIZE, &req_size);
+	curl_easy_getinfo(ae_easy, CURLINFO_SIZE_UPLOAD_T, &upload);
+	curl_easy_getinfo(ae_easy, CURLINFO_HEADER_SIZE, &hdr_size);
+	*sent += (uint64) req_size + (uint64) upload;
+	*received += (uint64) hdr_size + body->len;
+}
+
+static int64
+elapsed_us(TimestampTz since)
+{
+	return (int64) (GetCurrentTimestamp() - since);
+}
+
 void
 ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
 {
@@ -460,6 +524,9 @@ ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
 	long		timeout_ms;
 	int			attempt;
 	AeBodyBuffer body;
+	TimestampTz call_start;
+	uint64		sent = 0;
+	uint64		received = 0;
 
 #define PUSH_HEADER(line) \
 	do { \
@@ -502,6 +569,7 @@ ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
 	memset(&body, 0, sizeof(body));
 	body.cxt = CurrentMemoryContext;
 	body.limit = (size_t) ae_max_response_bytes;
+	call_start = GetCurrentTimestamp();
 
 	for (attempt = 0;; attempt++)
 	{
@@ -511,6 +579,7 @@ ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
 		const char *xsr;
 		const char *rid;
 		char	   *ctype = NULL;
+		TimestampTz attempt_start;
 
 		body.len = 0;
 		body.too_large = false;
@@ -541,32 +610,35 @@ ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
 				break;
 		}
 
+		attempt_start = ae_log_requests ? GetCurrentTimestamp() : 0;
 		rc = perform_once();
 		if (rc == CURLE_OK)
 			curl_easy_getinfo(ae_easy, CURLINFO_RESPONSE_CODE, &status);
+		count_bytes(&body, &sent, &received);
+		rid = (rc == CURLE_OK) ? response_header("request-id") : NULL;
+		if (ae_log_requests)
+			log_attempt(req, rc, status, attempt + 1, attempt_start, rid);
 
 		if (rc != CURLE_OK)
 		{
-			if (body.too_large)
+			retry = !body.too_large && !body.out_of_memory &&
+				!permanent_transport_error(rc) &&
+				(req->retry == AE_RETRY_SAFE || nothing_was_sent(rc)) &&
+				attempt < ae_max_retries;
+			if (!retry)
 			{
+				ae_stats_record(req->endpoint, AE_OUTCOME_TRANSPORT, attempt,
+								elapsed_us(call_start), sent, received, NULL);
 				reset_easy_handle();
-				ereport(ERROR,
-						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						 errmsg("Anthropic API response exceeds anthropic.max_response_bytes (%d bytes)",
-								ae_max_response_bytes)));
-			}
-			if (body.out_of_memory)
-			{
-				reset_easy_handle();
-				ereport(ERROR,
-						(errcode(ERRCODE_OUT_OF_MEMORY),
-						 errmsg("out of memory while reading an Anthropic API response")));
-			}
-			retry = !permanent_transport_error(rc) &&
-				(req->retry == AE_RETRY_SAFE || nothing_was_sent(rc));
-			if (!retry || attempt >= ae_max_retries)
-			{
-				reset_easy_handle();
+				if (body.too_large)
+					ereport(ERROR,
+							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+							 errmsg("Anthropic API response exceeds anthropic.max_response_bytes (%d bytes)",
+									ae_max_response_bytes)));
+				if (body.out_of_memory)
+					ereport(ERROR,
+							(errcode(ERRCODE_OUT_OF_MEMORY),
+							 errmsg("out of memory while reading an Anthropic API response")));
 				raise_transport_error(rc, attempt + 1, timeout_ms);
 			}
 			interruptible_sleep(retry_delay_ms(false, attempt));
@@ -591,7 +663,8 @@ ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
 
 		resp->status = status;
 		resp->attempts = attempt + 1;
-		rid = response_header("request-id");
+		ae_stats_record(req->endpoint, status, attempt, elapsed_us(call_start),
+						sent, received, rid);
 		if (rid)
 			strlcpy(resp->request_id, rid, sizeof(resp->request_id));
 		curl_easy_getinfo(ae_easy, CURLINFO_CONTENT_TYPE, &ctype);

@@ -33,6 +33,7 @@ typedef enum AeMethod
 
 typedef struct AeHttpRequest
 {
+	int			endpoint;		/* AeEndpointId, for statistics and logs */
 	AeMethod	method;
 	const char *method_name;
 	const char *path;			/* encoded path and query, from "/v1/..." */
