@@ -30,7 +30,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK = -lcurl -ljansson
 
-REGRESS = setup env_basic env_list env_lifecycle env_update errors work stats security
+REGRESS = setup env_basic env_list env_lifecycle env_update many errors work stats security
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(FAKE_API_CONF)
 
 EXTRA_CLEAN = tmp_check results regression.diffs regression.out

@@ -123,6 +123,13 @@ LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION anthropic.env_archive(text) IS
 	'Archives an environment and returns it with archived_at set';
 
+CREATE FUNCTION anthropic.env_get_many(environment_ids text[], concurrency integer DEFAULT 8)
+RETURNS SETOF anthropic.environment
+AS 'MODULE_PATHNAME', 'ae_env_get_many'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION anthropic.env_get_many(text[], integer) IS
+	'Fetches many environments with up to concurrency requests in flight (1-64), in input order; missing ids are skipped with a NOTICE';
+
 -- Work queue --------------------------------------------------------------
 
 CREATE FUNCTION anthropic.work_poll(environment_id text, block_ms integer DEFAULT NULL,

@@ -269,39 +269,35 @@ raise_malformed(const AeHttpResponse *resp, const char *why)
 								resp->request_id)));
 }
 
-json_t *
-ae_api_call(const AeCall *call)
+/* Everything a call needs while in flight: request, path, error context. */
+typedef struct AePrepared
+{
+	AeHttpRequest req;
+	AeErrorContext ctx;
+} AePrepared;
+
+static void
+prepare_call(const AeCall *call, AePrepared *p)
 {
 	const AeEndpoint *ep = &endpoints[call->endpoint];
 	StringInfoData path;
-	AeHttpRequest req;
-	AeHttpResponse resp;
-	AeErrorContext ctx;
-	ErrorContextCallback errcb;
 	size_t		path_len;
-	json_t	   *root;
-	char		errbuf[256];
-	const char *msg;
+	const char *t;
+	int			argno = 0;
 	int			i;
 	bool		first = true;
-	json_t	   *result = NULL;
 
 	initStringInfo(&path);
+	for (t = ep->path; *t; t++)
 	{
-		const char *t = ep->path;
-		int			argno = 0;
-
-		for (; *t; t++)
+		if (t[0] == '%' && t[1] == 's')
 		{
-			if (t[0] == '%' && t[1] == 's')
-			{
-				Assert(argno < ep->nargs);
-				append_encoded(&path, call->args[argno++]);
-				t++;
-			}
-			else
-				appendStringInfoChar(&path, *t);
+			Assert(argno < ep->nargs);
+			append_encoded(&path, call->args[argno++]);
+			t++;
 		}
+		else
+			appendStringInfoChar(&path, *t);
 	}
 	path_len = path.len;
 	for (i = 0; i < AE_MAX_QUERY; i++)
@@ -315,57 +311,124 @@ ae_api_call(const AeCall *call)
 		first = false;
 	}
 
-	memset(&req, 0, sizeof(req));
-	req.endpoint = call->endpoint;
-	req.method = ep->method;
-	req.method_name = method_names[ep->method];
-	req.path = path.data;
-	req.credential = ep->credential;
-	req.workspace = ep->workspace;
-	req.retry = ep->retry;
-	req.extra_timeout_ms = call->extra_timeout_ms;
+	memset(p, 0, sizeof(*p));
+	p->req.endpoint = call->endpoint;
+	p->req.method = ep->method;
+	p->req.method_name = method_names[ep->method];
+	p->req.path = path.data;
+	p->req.credential = ep->credential;
+	p->req.workspace = ep->workspace;
+	p->req.retry = ep->retry;
+	p->req.extra_timeout_ms = call->extra_timeout_ms;
 	if (call->worker_id)
-		req.worker_id = pg_server_to_any(call->worker_id, strlen(call->worker_id), PG_UTF8);
+		p->req.worker_id = pg_server_to_any(call->worker_id, strlen(call->worker_id), PG_UTF8);
 	if (call->body)
 	{
-		req.body = pg_server_to_any(call->body, strlen(call->body), PG_UTF8);
-		req.body_len = strlen(req.body);
+		p->req.body = pg_server_to_any(call->body, strlen(call->body), PG_UTF8);
+		p->req.body_len = strlen(p->req.body);
 	}
+	p->ctx.method = p->req.method_name;
+	p->ctx.path = pnstrdup(path.data, path_len);
+}
 
-	ctx.method = req.method_name;
-	ctx.path = pnstrdup(path.data, path_len);
-	errcb.callback = api_error_context;
-	errcb.arg = &ctx;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
+/*
+ * Turns a final answer into the checked JSON value, NULL (404 with
+ * missing_ok, or an allowed JSON null), or the error it stands for.
+ */
+static json_t *
+finish_call(const AeCall *call, const AeHttpResponse *resp)
+{
+	const AeEndpoint *ep = &endpoints[call->endpoint];
+	json_t	   *root;
+	char		errbuf[256];
+	const char *msg;
 
-	ae_http_execute(&req, &resp);
-
-	if (resp.status < 200 || resp.status >= 300)
+	if (resp->status < 200 || resp->status >= 300)
 	{
-		if (resp.status == 404 && call->missing_ok)
-		{
-			error_context_stack = errcb.previous;
+		if (resp->status == 404 && call->missing_ok)
 			return NULL;
-		}
-		raise_api_error(ep, call, &resp);
+		raise_api_error(ep, call, resp);
 	}
-
-	if (!resp.json_content)
-		raise_malformed(&resp, "The answer is not of content type application/json.");
-	root = aej_parse(resp.body, resp.body_len, errbuf, sizeof(errbuf));
+	if (!resp->json_content)
+		raise_malformed(resp, "The answer is not of content type application/json.");
+	root = aej_parse(resp->body, resp->body_len, errbuf, sizeof(errbuf));
 	if (root == NULL)
-		raise_malformed(&resp, psprintf("The answer is not valid JSON: %s.", errbuf));
+		raise_malformed(resp, psprintf("The answer is not valid JSON: %s.", errbuf));
 	if (json_is_null(root) && ep->null_answer_ok)
-		result = NULL;
-	else
-	{
-		msg = aej_check_shape(root, ep->shape, errbuf, sizeof(errbuf));
-		if (msg)
-			raise_malformed(&resp, msg);
-		result = root;
-	}
+		return NULL;
+	msg = aej_check_shape(root, ep->shape, errbuf, sizeof(errbuf));
+	if (msg)
+		raise_malformed(resp, msg);
+	return root;
+}
 
+static void
+push_context(ErrorContextCallback *cb, AeErrorContext *ctx)
+{
+	cb->callback = api_error_context;
+	cb->arg = ctx;
+	cb->previous = error_context_stack;
+	error_context_stack = cb;
+}
+
+json_t *
+ae_api_call(const AeCall *call)
+{
+	AePrepared	p;
+	AeHttpResponse resp;
+	ErrorContextCallback errcb;
+	json_t	   *result;
+
+	prepare_call(call, &p);
+	push_context(&errcb, &p.ctx);
+	ae_http_execute(&p.req, &resp);
+	result = finish_call(call, &resp);
 	error_context_stack = errcb.previous;
 	return result;
+}
+
+/* A batch stops at the first final answer that is neither 2xx nor 404. */
+static bool
+batch_fatal_status(long status)
+{
+	return (status < 200 || status >= 300) && status != 404;
+}
+
+void
+ae_api_call_many(const AeCall *calls, int n, int concurrency, json_t **results)
+{
+	AePrepared *p = palloc(sizeof(AePrepared) * Max(n, 1));
+	AeHttpRequest *reqs = palloc(sizeof(AeHttpRequest) * Max(n, 1));
+	AeHttpResponse *resps = palloc(sizeof(AeHttpResponse) * Max(n, 1));
+	AeErrorContext batch_ctx;
+	ErrorContextCallback errcb;
+	int			stopped;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		prepare_call(&calls[i], &p[i]);
+		reqs[i] = p[i].req;
+	}
+	if (n == 0)
+		return;
+
+	batch_ctx.method = p[0].ctx.method;
+	batch_ctx.path = psprintf("%s (one of a batch of %d)", p[0].ctx.path, n);
+	push_context(&errcb, &batch_ctx);
+	stopped = ae_http_execute_many(reqs, resps, n, concurrency, batch_fatal_status);
+	error_context_stack = errcb.previous;
+
+	if (stopped >= 0)
+	{
+		push_context(&errcb, &p[stopped].ctx);
+		(void) finish_call(&calls[stopped], &resps[stopped]);
+		error_context_stack = errcb.previous;
+	}
+	for (i = 0; i < n; i++)
+	{
+		push_context(&errcb, &p[i].ctx);
+		results[i] = finish_call(&calls[i], &resps[i]);
+		error_context_stack = errcb.previous;
+	}
 }

@@ -15,6 +15,7 @@
 
 #include "apijson.h"
 #include "endpoints.h"
+#include "http.h"
 
 
 
@@ -47,6 +48,13 @@ extern AejShape ae_endpoint_item_shape(AeEndpointId id);
  * one (poll); raises the SQLSTATE of design.md §1 for everything else.
  */
 extern json_t *ae_api_call(const AeCall *call);
+
+/*
+ * Sends n calls of one endpoint with at most `concurrency` in flight and
+ * stores each answer (as ae_api_call would return it) in results[i].
+ * The first error raises, once every transfer has been stopped.
+ */
+extern void ae_api_call_many(const AeCall *calls, int n, int concurrency, json_t **results);
 
 /* Raises 22023 unless id is acceptable as a path segment. */
 extern void ae_check_id(const char *argname, const char *id);

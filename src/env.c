@@ -11,9 +11,12 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type_d.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
+#include "utils/tuplestore.h"
 
 #include "api.h"
 #include "convert.h"
@@ -26,6 +29,7 @@ PG_FUNCTION_INFO_V1(ae_env_list_page);
 PG_FUNCTION_INFO_V1(ae_env_update);
 PG_FUNCTION_INFO_V1(ae_env_delete);
 PG_FUNCTION_INFO_V1(ae_env_archive);
+PG_FUNCTION_INFO_V1(ae_env_get_many);
 
 static Datum
 environment_result(FunctionCallInfo fcinfo, json_t *obj)
@@ -129,4 +133,63 @@ ae_env_archive(PG_FUNCTION_ARGS)
 
 	call.args[0] = id_arg(fcinfo, 0, "environment_id");
 	return environment_result(fcinfo, ae_api_call(&call));
+}
+
+Datum
+ae_env_get_many(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
+	int			concurrency = PG_GETARG_INT32(1);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			nelems;
+	int			n = 0;
+	int			missing = 0;
+	int			i;
+	AeCall	   *calls;
+	json_t	  **results;
+
+	if (concurrency < 1 || concurrency > AE_MAX_CONCURRENCY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("concurrency must be between 1 and %d", AE_MAX_CONCURRENCY)));
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("environment_ids must be a one-dimensional array")));
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &nelems);
+	calls = palloc0(sizeof(AeCall) * Max(nelems, 1));
+	results = palloc0(sizeof(json_t *) * Max(nelems, 1));
+
+	/* Every id is checked before anything is sent; NULLs have no answer. */
+	for (i = 0; i < nelems; i++)
+	{
+		text	   *t;
+
+		if (elem_nulls[i])
+			continue;
+		t = DatumGetTextPP(elems[i]);
+		calls[n].endpoint = AE_ENV_GET;
+		calls[n].args[0] = pnstrdup(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		calls[n].missing_ok = true;
+		ae_check_id("environment_id", calls[n].args[0]);
+		n++;
+	}
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_BLESS);
+	ae_api_call_many(calls, n, concurrency, results);
+	for (i = 0; i < n; i++)
+	{
+		if (results[i] == NULL)
+			missing++;
+		else
+			tuplestore_puttuple(rsinfo->setResult,
+								ae_environment_tuple(rsinfo->setDesc, results[i]));
+	}
+	if (missing > 0)
+		ereport(NOTICE,
+				(errmsg("%d of %d environments do not exist and were skipped", missing, n)));
+	return (Datum) 0;
 }

@@ -3,20 +3,24 @@
  * http.c
  *		Transport layer: libcurl, headers, timeouts, interrupts, retries.
  *
- * One easy handle and one multi handle live for the whole backend, so a
- * session keeps its TCP/TLS connection to the API (the connection cache is
- * the multi handle's).  Transfers are driven through the multi interface
- * in short polls so that a query cancel, statement_timeout or backend
- * termination is seen within a few tens of milliseconds; backoff sleeps
- * wait on the process latch for the same reason.
+ * One multi handle and a few easy handles live for the whole backend, so
+ * a session keeps its TCP/TLS connections to the API (the connection
+ * cache is the multi handle's).  Single calls use one easy handle; batches
+ * (env_get_many) draw up to 64 from a pool.  Every transfer, single or
+ * batched, goes through run_transfers(), which drives the multi interface
+ * in short polls and waits out retry backoffs in the same loop, so a query
+ * cancel, statement_timeout or backend termination is seen within a few
+ * tens of milliseconds wherever the call is.  Handles leave the multi
+ * handle on every exit path (PG_FINALLY), which also closes a half-used
+ * connection.
  *
  * The static request headers are cached strings, rebuilt only when a
- * setting that feeds them changes; each request chains them together with
- * its few variable headers in curl_slist nodes on the stack, so a call
+ * setting that feeds them changes; each transfer chains them together
+ * with its few variable headers in curl_slist nodes it owns, so a call
  * allocates nothing for headers.
  *
- * The response body is collected into memory of the caller's context; it
- * never grows past anthropic.max_response_bytes.
+ * Response bodies are collected into memory of the caller's context and
+ * never grow past anthropic.max_response_bytes.
  *
  *-------------------------------------------------------------------------
  */
@@ -44,6 +48,8 @@
 /* Retry-After values are honoured up to this long (as the SDKs do). */
 #define AE_MAX_RETRY_AFTER_MS 2147483647.0
 
+#define AE_MAX_HEADERS 8
+
 /*
  * The wait event a backend shows in pg_stat_activity while a request is
  * in flight: "Extension" before PostgreSQL 17, a named one from 17 on.
@@ -64,9 +70,10 @@ request_wait_event(void)
 
 static CURLM *ae_multi = NULL;
 static CURL *ae_easy = NULL;
-static char ae_curl_errbuf[CURL_ERROR_SIZE];
+static CURL *ae_pool[AE_MAX_CONCURRENCY];
 
-/* The CA file the easy handle was configured with ("" for none). */
+/* Bumped when the CA file changes; a handle configured earlier is reset. */
+static uint64 ae_ca_generation = 1;
 static char *ae_applied_ca_file = NULL;
 
 /* Cached header lines, owned by TopMemoryContext. */
@@ -95,6 +102,37 @@ typedef struct AeBodyBuffer
 	bool		too_large;
 	bool		out_of_memory;
 } AeBodyBuffer;
+
+/* What became of a finished attempt. */
+typedef enum AeAttemptResult
+{
+	AE_ATTEMPT_DONE,			/* resp holds the final answer */
+	AE_ATTEMPT_RETRY,			/* try again at not_before */
+	AE_ATTEMPT_FAILED			/* a transport failure, retries spent */
+} AeAttemptResult;
+
+/* One call in flight: its request, its handle and its retry state. */
+typedef struct AeTransfer
+{
+	const AeHttpRequest *req;
+	AeHttpResponse *resp;
+	CURL	   *easy;
+	char		errbuf[CURL_ERROR_SIZE];
+	struct curl_slist nodes[AE_MAX_HEADERS];
+	struct curl_slist *headers;
+	char	   *url;
+	long		timeout_ms;
+	AeBodyBuffer body;
+	int			attempt;		/* attempts started so far */
+	TimestampTz call_start;
+	TimestampTz attempt_start;
+	TimestampTz not_before;		/* earliest start of the next attempt */
+	uint64		sent;
+	uint64		received;
+	bool		running;
+	bool		finished;
+	CURLcode	failure;		/* with AE_ATTEMPT_FAILED */
+} AeTransfer;
 
 static size_t
 body_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
@@ -137,7 +175,6 @@ static void
 configure_static_options(CURL *easy)
 {
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, ae_curl_errbuf);
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
@@ -151,45 +188,67 @@ configure_static_options(CURL *easy)
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, body_write_cb);
 	if (ae_ca_file && *ae_ca_file)
 		curl_easy_setopt(easy, CURLOPT_CAINFO, ae_ca_file);
-	if (ae_applied_ca_file)
-		pfree(ae_applied_ca_file);
-	ae_applied_ca_file = MemoryContextStrdup(TopMemoryContext,
-											 ae_ca_file ? ae_ca_file : "");
+	curl_easy_setopt(easy, CURLOPT_PRIVATE, (void *) (uintptr_t) ae_ca_generation);
+}
+
+static CURL *
+new_easy_handle(void)
+{
+	CURL	   *easy = curl_easy_init();
+
+	if (easy == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not create a libcurl handle")));
+	configure_static_options(easy);
+	return easy;
+}
+
+/* Forgets per-transfer state; keeps the connection cache (in the multi). */
+static void
+reset_easy_handle(CURL *easy)
+{
+	curl_easy_reset(easy);
+	configure_static_options(easy);
+}
+
+/* Makes sure the handle was configured with the CA file now in force. */
+static void
+refresh_easy_handle(CURL *easy)
+{
+	char	   *gen = NULL;
+
+	curl_easy_getinfo(easy, CURLINFO_PRIVATE, &gen);
+	if ((uint64) (uintptr_t) gen != ae_ca_generation)
+		reset_easy_handle(easy);
 }
 
 static void
 ensure_handles(void)
 {
-	if (ae_multi != NULL)
-		return;
+	const char *ca = ae_ca_file ? ae_ca_file : "";
 
-	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_SYSTEM_ERROR),
-				 errmsg("could not initialize libcurl")));
-	ae_easy = curl_easy_init();
-	ae_multi = curl_multi_init();
-	if (ae_easy == NULL || ae_multi == NULL)
+	if (ae_multi == NULL)
 	{
-		if (ae_easy)
-			curl_easy_cleanup(ae_easy);
-		if (ae_multi)
-			curl_multi_cleanup(ae_multi);
-		ae_easy = NULL;
-		ae_multi = NULL;
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("could not create a libcurl handle")));
+		if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_SYSTEM_ERROR),
+					 errmsg("could not initialize libcurl")));
+		ae_multi = curl_multi_init();
+		if (ae_multi == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl handle")));
 	}
-	configure_static_options(ae_easy);
-}
-
-/* Forgets per-transfer state; keeps the connection cache (in the multi). */
-static void
-reset_easy_handle(void)
-{
-	curl_easy_reset(ae_easy);
-	configure_static_options(ae_easy);
+	if (ae_applied_ca_file == NULL || strcmp(ae_applied_ca_file, ca) != 0)
+	{
+		if (ae_applied_ca_file)
+			pfree(ae_applied_ca_file);
+		ae_applied_ca_file = MemoryContextStrdup(TopMemoryContext, ca);
+		ae_ca_generation++;
+	}
+	if (ae_easy == NULL)
+		ae_easy = new_easy_handle();
 }
 
 static char *
@@ -266,48 +325,26 @@ check_request_allowed(const AeHttpRequest *req)
 				 errhint("Set anthropic.api_key in postgresql.conf or with ALTER SYSTEM, or ANTHROPIC_API_KEY in the server's environment.")));
 }
 
-/*
- * Sleeps on the latch so that cancel and termination end the wait at once.
- */
-static void
-interruptible_sleep(long ms)
-{
-	TimestampTz end = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
-
-	for (;;)
-	{
-		long		left;
-
-		CHECK_FOR_INTERRUPTS();
-		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), end);
-		if (left <= 0)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 left, request_wait_event());
-		ResetLatch(MyLatch);
-	}
-}
-
 static const char *
-response_header(const char *name)
+response_header(CURL *easy, const char *name)
 {
 	struct curl_header *h;
 
-	if (curl_easy_header(ae_easy, name, 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+	if (curl_easy_header(easy, name, 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
 		return h->value;
 	return NULL;
 }
 
 /* Delay before retry number retries+1, honouring the server's wishes. */
 static long
-retry_delay_ms(bool have_response, int retries)
+retry_delay_ms(CURL *easy, bool have_response, int retries)
 {
 	double		delay = -1;
 
 	if (have_response)
 	{
-		const char *ms = response_header("retry-after-ms");
-		const char *s = response_header("retry-after");
+		const char *ms = response_header(easy, "retry-after-ms");
+		const char *s = response_header(easy, "retry-after");
 		char	   *end;
 
 		if (ms)
@@ -371,78 +408,30 @@ status_is_retryable(long status, AeRetryClass retry)
 	return status == 408 || status == 409 || status == 429 || status >= 500;
 }
 
-/*
- * Runs one attempt.  The transfer is polled in short slices so that
- * CHECK_FOR_INTERRUPTS can end it; the handle then leaves the multi
- * handle, which closes a half-used connection.
- */
-static CURLcode
-perform_once(void)
-{
-	volatile CURLcode result = CURLE_OK;
-	volatile bool done = false;
-
-	curl_multi_add_handle(ae_multi, ae_easy);
-	pgstat_report_wait_start(request_wait_event());
-	PG_TRY();
-	{
-		while (!done)
-		{
-			int			running = 0;
-			CURLMcode	mc;
-			CURLMsg    *msg;
-			int			left;
-
-			CHECK_FOR_INTERRUPTS();
-			mc = curl_multi_perform(ae_multi, &running);
-			if (mc != CURLM_OK)
-			{
-				result = CURLE_RECV_ERROR;
-				snprintf(ae_curl_errbuf, sizeof(ae_curl_errbuf), "%s",
-						 curl_multi_strerror(mc));
-				break;
-			}
-			while ((msg = curl_multi_info_read(ae_multi, &left)) != NULL)
-			{
-				if (msg->msg == CURLMSG_DONE && msg->easy_handle == ae_easy)
-				{
-					result = msg->data.result;
-					done = true;
-				}
-			}
-			if (!done && running == 0)
-			{
-				/* Finished without a DONE message: treat as a broken transfer. */
-				result = CURLE_RECV_ERROR;
-				break;
-			}
-			if (!done)
-				(void) curl_multi_poll(ae_multi, NULL, 0, AE_POLL_INTERVAL_MS, NULL);
-		}
-	}
-	PG_FINALLY();
-	{
-		pgstat_report_wait_end();
-		curl_multi_remove_handle(ae_multi, ae_easy);
-	}
-	PG_END_TRY();
-
-	return result;
-}
-
 static void
-raise_transport_error(CURLcode rc, int attempts, long timeout_ms)
+raise_transport_error(AeTransfer *t)
 {
-	const char *detail = ae_curl_errbuf[0] ? ae_curl_errbuf : curl_easy_strerror(rc);
+	CURLcode	rc = t->failure;
+	const char *detail = t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
 	const char *what;
+
+	if (t->body.too_large)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("Anthropic API response exceeds anthropic.max_response_bytes (%d bytes)",
+						ae_max_response_bytes)));
+	if (t->body.out_of_memory)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory while reading an Anthropic API response")));
 
 	switch (rc)
 	{
 		case CURLE_OPERATION_TIMEDOUT:
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("Anthropic API request timed out after %ld ms", timeout_ms),
-					 errdetail("Attempts: %d. %s", attempts, detail)));
+					 errmsg("Anthropic API request timed out after %ld ms", t->timeout_ms),
+					 errdetail("Attempts: %d. %s", t->attempt, detail)));
 			break;
 		case CURLE_COULDNT_CONNECT:
 		case CURLE_COULDNT_RESOLVE_HOST:
@@ -466,81 +455,59 @@ raise_transport_error(CURLcode rc, int attempts, long timeout_ms)
 	ereport(ERROR,
 			(errcode(ERRCODE_CONNECTION_FAILURE),
 			 errmsg("%s", what),
-			 errdetail("Attempts: %d. %s", attempts, detail)));
+			 errdetail("Attempts: %d. %s", t->attempt, detail)));
 }
 
 /* anthropic.log_requests: one line per attempt, never headers or bodies. */
 static void
-log_attempt(const AeHttpRequest *req, CURLcode rc, long status, int attempt,
-			TimestampTz started, const char *request_id)
+log_attempt(const AeTransfer *t, CURLcode rc, long status, const char *request_id)
 {
+	const AeHttpRequest *req = t->req;
 	long		secs;
 	int			usecs;
 	int			pathlen = (int) strcspn(req->path, "?");
 
-	TimestampDifference(started, GetCurrentTimestamp(), &secs, &usecs);
+	TimestampDifference(t->attempt_start, GetCurrentTimestamp(), &secs, &usecs);
 	if (rc == CURLE_OK)
 		ereport(LOG,
 				(errmsg("anthropic_env request %s %.*s: status %ld, attempt %d, %.1f ms, request id %s",
-						req->method_name, pathlen, req->path, status, attempt,
+						req->method_name, pathlen, req->path, status, t->attempt,
 						secs * 1000.0 + usecs / 1000.0, request_id ? request_id : "none"),
 				 errhidestmt(true), errhidecontext(true)));
 	else
 		ereport(LOG,
 				(errmsg("anthropic_env request %s %.*s: %s, attempt %d, %.1f ms",
-						req->method_name, pathlen, req->path, curl_easy_strerror(rc), attempt,
-						secs * 1000.0 + usecs / 1000.0),
+						req->method_name, pathlen, req->path, curl_easy_strerror(rc),
+						t->attempt, secs * 1000.0 + usecs / 1000.0),
 				 errhidestmt(true), errhidecontext(true)));
 }
 
-/* Bytes of one attempt, headers included, as libcurl counted them. */
 static void
-count_bytes(const AeBodyBuffer *body, uint64 *sent, uint64 *received)
+record_stats(const AeTransfer *t, long status, const char *request_id)
 {
-	long		req_size = 0;
-	long		hdr_size = 0;
-	curl_off_t	upload = 0;
-
-	curl_easy_getinfo(ae_easy, CURLINFO_REQUEST_SIZE, &req_size);
-	curl_easy_getinfo(ae_easy, CURLINFO_SIZE_UPLOAD_T, &upload);
-	curl_easy_getinfo(ae_easy, CURLINFO_HEADER_SIZE, &hdr_size);
-	*sent += (uint64) req_size + (uint64) upload;
-	*received += (uint64) hdr_size + body->len;
+	ae_stats_record(t->req->endpoint, status, t->attempt - 1,
+					(int64) (GetCurrentTimestamp() - t->call_start),
+					t->sent, t->received, request_id);
 }
 
-static int64
-elapsed_us(TimestampTz since)
+/* Prepares a transfer: URL, header chain, body buffer. */
+static void
+transfer_init(AeTransfer *t, const AeHttpRequest *req, AeHttpResponse *resp, CURL *easy)
 {
-	return (int64) (GetCurrentTimestamp() - since);
-}
-
-void
-ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
-{
-	struct curl_slist nodes[8];
-	struct curl_slist *headers = NULL;
-	int			nnodes = 0;
-	char	   *url;
-	long		timeout_ms;
-	int			attempt;
-	AeBodyBuffer body;
-	TimestampTz call_start;
-	uint64		sent = 0;
-	uint64		received = 0;
+	int			n = 0;
 
 #define PUSH_HEADER(line) \
 	do { \
-		nodes[nnodes].data = (char *) (line); \
-		nodes[nnodes].next = headers; \
-		headers = &nodes[nnodes++]; \
+		t->nodes[n].data = (char *) (line); \
+		t->nodes[n].next = t->headers; \
+		t->headers = &t->nodes[n++]; \
 	} while (0)
 
-	ensure_handles();
-	refresh_header_cache();
-	check_request_allowed(req);
-
-	if (strcmp(ae_applied_ca_file, ae_ca_file ? ae_ca_file : "") != 0)
-		reset_easy_handle();
+	memset(t, 0, sizeof(*t));
+	t->req = req;
+	t->resp = resp;
+	t->easy = easy;
+	memset(resp, 0, sizeof(*resp));
 
 	/* Built back to front: curl sends them in list order. */
 	PUSH_HEADER(ae_headers.beta);
@@ -560,122 +527,368 @@ ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
 		PUSH_HEADER(req->body ? "Content-Type: application/json" : "Content-Type:");
 		PUSH_HEADER("Expect:");
 	}
-	Assert(nnodes <= lengthof(nodes));
-
-	url = psprintf("%s%s", ae_headers.base_url, req->path);
-	timeout_ms = (long) ae_timeout_ms + req->extra_timeout_ms;
-
-	memset(resp, 0, sizeof(*resp));
-	memset(&body, 0, sizeof(body));
-	body.cxt = CurrentMemoryContext;
-	body.limit = (size_t) ae_max_response_bytes;
-	call_start = GetCurrentTimestamp();
-
-	for (attempt = 0;; attempt++)
-	{
-		CURLcode	rc;
-		long		status = 0;
-		bool		retry;
-		const char *xsr;
-		const char *rid;
-		char	   *ctype = NULL;
-		TimestampTz attempt_start;
-
-		body.len = 0;
-		body.too_large = false;
-		body.out_of_memory = false;
-		ae_curl_errbuf[0] = '\0';
-
-		curl_easy_setopt(ae_easy, CURLOPT_URL, url);
-		curl_easy_setopt(ae_easy, CURLOPT_HTTPHEADER, headers);
-		curl_easy_setopt(ae_easy, CURLOPT_WRITEDATA, &body);
-		curl_easy_setopt(ae_easy, CURLOPT_TIMEOUT_MS, timeout_ms);
-		curl_easy_setopt(ae_easy, CURLOPT_CONNECTTIMEOUT_MS, (long) ae_connect_timeout_ms);
-		switch (req->method)
-		{
-			case AE_GET:
-				curl_easy_setopt(ae_easy, CURLOPT_HTTPGET, 1L);
-				curl_easy_setopt(ae_easy, CURLOPT_CUSTOMREQUEST, NULL);
-				break;
-			case AE_POST:
-				curl_easy_setopt(ae_easy, CURLOPT_POST, 1L);
-				curl_easy_setopt(ae_easy, CURLOPT_POSTFIELDS, req->body ? req->body : "");
-				curl_easy_setopt(ae_easy, CURLOPT_POSTFIELDSIZE_LARGE,
-								 (curl_off_t) (req->body ? req->body_len : 0));
-				curl_easy_setopt(ae_easy, CURLOPT_CUSTOMREQUEST, NULL);
-				break;
-			case AE_DELETE:
-				curl_easy_setopt(ae_easy, CURLOPT_HTTPGET, 1L);
-				curl_easy_setopt(ae_easy, CURLOPT_CUSTOMREQUEST, "DELETE");
-				break;
-		}
-
-		attempt_start = ae_log_requests ? GetCurrentTimestamp() : 0;
-		rc = perform_once();
-		if (rc == CURLE_OK)
-			curl_easy_getinfo(ae_easy, CURLINFO_RESPONSE_CODE, &status);
-		count_bytes(&body, &sent, &received);
-		rid = (rc == CURLE_OK) ? response_header("request-id") : NULL;
-		if (ae_log_requests)
-			log_attempt(req, rc, status, attempt + 1, attempt_start, rid);
-
-		if (rc != CURLE_OK)
-		{
-			retry = !body.too_large && !body.out_of_memory &&
-				!permanent_transport_error(rc) &&
-				(req->retry == AE_RETRY_SAFE || nothing_was_sent(rc)) &&
-				attempt < ae_max_retries;
-			if (!retry)
-			{
-				ae_stats_record(req->endpoint, AE_OUTCOME_TRANSPORT, attempt,
-								elapsed_us(call_start), sent, received, NULL);
-				reset_easy_handle();
-				if (body.too_large)
-					ereport(ERROR,
-							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-							 errmsg("Anthropic API response exceeds anthropic.max_response_bytes (%d bytes)",
-									ae_max_response_bytes)));
-				if (body.out_of_memory)
-					ereport(ERROR,
-							(errcode(ERRCODE_OUT_OF_MEMORY),
-							 errmsg("out of memory while reading an Anthropic API response")));
-				raise_transport_error(rc, attempt + 1, timeout_ms);
-			}
-			interruptible_sleep(retry_delay_ms(false, attempt));
-			continue;
-		}
-
-		xsr = response_header("x-should-retry");
-		if (status >= 200 && status < 300)
-			retry = false;
-		else if (xsr && pg_strcasecmp(xsr, "true") == 0)
-			retry = true;
-		else if (xsr && pg_strcasecmp(xsr, "false") == 0)
-			retry = false;
-		else
-			retry = status_is_retryable(status, req->retry);
-
-		if (retry && attempt < ae_max_retries)
-		{
-			interruptible_sleep(retry_delay_ms(true, attempt));
-			continue;
-		}
-
-		resp->status = status;
-		resp->attempts = attempt + 1;
-		ae_stats_record(req->endpoint, status, attempt, elapsed_us(call_start),
-						sent, received, rid);
-		if (rid)
-			strlcpy(resp->request_id, rid, sizeof(resp->request_id));
-		curl_easy_getinfo(ae_easy, CURLINFO_CONTENT_TYPE, &ctype);
-		resp->json_content = ctype != NULL &&
-			pg_strncasecmp(ctype, "application/json", 16) == 0;
-		if (body.data == NULL)
-			body.data = MemoryContextAlloc(body.cxt, 1);
-		body.data[body.len] = '\0';
-		resp->body = body.data;
-		resp->body_len = body.len;
-		break;
-	}
+	Assert(n <= AE_MAX_HEADERS);
 #undef PUSH_HEADER
+
+	t->url = psprintf("%s%s", ae_headers.base_url, req->path);
+	t->timeout_ms = (long) ae_timeout_ms + req->extra_timeout_ms;
+	t->body.cxt = CurrentMemoryContext;
+	t->body.limit = (size_t) ae_max_response_bytes;
+	t->call_start = GetCurrentTimestamp();
+}
+
+/* Starts the next attempt: sets the per-request options, joins the multi. */
+static void
+transfer_start(AeTransfer *t)
+{
+	CURL	   *easy = t->easy;
+	const AeHttpRequest *req = t->req;
+
+	refresh_easy_handle(easy);
+	t->body.len = 0;
+	t->body.too_large = false;
+	t->body.out_of_memory = false;
+	t->errbuf[0] = '\0';
+
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
+	curl_easy_setopt(easy, CURLOPT_URL, t->url);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
+	curl_easy_setopt(easy, CURLOPT_WRITEDATA, &t->body);
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, t->timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) ae_connect_timeout_ms);
+	switch (req->method)
+	{
+		case AE_GET:
+			curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+			curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, NULL);
+			break;
+		case AE_POST:
+			curl_easy_setopt(easy, CURLOPT_POST, 1L);
+			curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body ? req->body : "");
+			curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+							 (curl_off_t) (req->body ? req->body_len : 0));
+			curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, NULL);
+			break;
+		case AE_DELETE:
+			curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+			curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, "DELETE");
+			break;
+	}
+
+	t->attempt++;
+	if (ae_log_requests)
+		t->attempt_start = GetCurrentTimestamp();
+	curl_multi_add_handle(ae_multi, easy);
+	t->running = true;
+}
+
+/* Bytes of one attempt, headers included, as libcurl counted them. */
+static void
+count_bytes(AeTransfer *t)
+{
+	long		req_size = 0;
+	long		hdr_size = 0;
+	curl_off_t	upload = 0;
+
+	curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &req_size);
+	curl_easy_getinfo(t->easy, CURLINFO_SIZE_UPLOAD_T, &upload);
+	curl_easy_getinfo(t->easy, CURLINFO_HEADER_SIZE, &hdr_size);
+	t->sent += (uint64) req_size + (uint64) upload;
+	t->received += (uint64) hdr_size + t->body.len;
+}
+
+/*
+ * Decides what a finished attempt means.  Never raises: a batch must be
+ * able to clean up its other transfers first.
+ */
+static AeAttemptResult
+transfer_finish(AeTransfer *t, CURLcode rc)
+{
+	CURL	   *easy = t->easy;
+	long		status = 0;
+	const char *rid = NULL;
+	const char *xsr;
+	bool		retry;
+	char	   *ctype = NULL;
+
+	if (rc == CURLE_OK)
+	{
+		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+		rid = response_header(easy, "request-id");
+	}
+	count_bytes(t);
+	if (ae_log_requests)
+		log_attempt(t, rc, status, rid);
+
+	if (rc != CURLE_OK)
+	{
+		retry = !t->body.too_large && !t->body.out_of_memory &&
+			!permanent_transport_error(rc) &&
+			(t->req->retry == AE_RETRY_SAFE || nothing_was_sent(rc)) &&
+			t->attempt <= ae_max_retries;
+		if (retry)
+		{
+			t->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														retry_delay_ms(easy, false, t->attempt - 1));
+			return AE_ATTEMPT_RETRY;
+		}
+		record_stats(t, AE_OUTCOME_TRANSPORT, NULL);
+		t->failure = rc;
+		return AE_ATTEMPT_FAILED;
+	}
+
+	xsr = response_header(easy, "x-should-retry");
+	if (status >= 200 && status < 300)
+		retry = false;
+	else if (xsr && pg_strcasecmp(xsr, "true") == 0)
+		retry = true;
+	else if (xsr && pg_strcasecmp(xsr, "false") == 0)
+		retry = false;
+	else
+		retry = status_is_retryable(status, t->req->retry);
+
+	if (retry && t->attempt <= ae_max_retries)
+	{
+		t->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													retry_delay_ms(easy, true, t->attempt - 1));
+		return AE_ATTEMPT_RETRY;
+	}
+
+	record_stats(t, status, rid);
+	t->resp->status = status;
+	t->resp->attempts = t->attempt;
+	if (rid)
+		strlcpy(t->resp->request_id, rid, sizeof(t->resp->request_id));
+	curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &ctype);
+	t->resp->json_content = ctype != NULL &&
+		pg_strncasecmp(ctype, "application/json", 16) == 0;
+	if (t->body.data == NULL)
+		t->body.data = MemoryContextAlloc(t->body.cxt, 1);
+	t->body.data[t->body.len] = '\0';
+	t->resp->body = t->body.data;
+	t->resp->body_len = t->body.len;
+	return AE_ATTEMPT_DONE;
+}
+
+static AeTransfer *
+find_transfer(AeTransfer *ts, int n, CURL *easy)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (ts[i].running && ts[i].easy == easy)
+			return &ts[i];
+	return NULL;
+}
+
+/* A pool handle that no running transfer holds. */
+static CURL *
+free_pool_handle(AeTransfer *ts, int n, int concurrency)
+{
+	int			p;
+	int			i;
+
+	for (p = 0; p < concurrency; p++)
+	{
+		bool		used = false;
+
+		for (i = 0; i < n && !used; i++)
+			used = ts[i].running && ts[i].easy == ae_pool[p];
+		if (!used)
+			return ae_pool[p];
+	}
+	elog(ERROR, "no free libcurl handle in the pool");
+	return NULL;				/* keep compiler quiet */
+}
+
+static void
+start_transfer(AeTransfer *ts, int n, int i, int concurrency, bool pooled)
+{
+	if (pooled)
+		ts[i].easy = free_pool_handle(ts, n, concurrency);
+	transfer_start(&ts[i]);
+}
+
+/*
+ * The body of run_transfers(): starts, polls and finishes transfers.
+ * Returns -1 when all are done, the index of a transfer stop_at() stopped
+ * at, or -2 - index for a transfer that failed in transport.
+ */
+static pg_noinline int
+transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
+			  bool (*stop_at) (long status))
+{
+	int			next = 0;		/* first transfer never started */
+
+	for (;;)
+	{
+		TimestampTz now;
+		long		wait_ms = AE_POLL_INTERVAL_MS;
+		int			running = 0;
+		int			pending = 0;
+		int			i;
+		int			still;
+		CURLMsg    *msg;
+		int			left;
+
+		CHECK_FOR_INTERRUPTS();
+
+		/* Start what may start: retries that are due, then new ones. */
+		now = GetCurrentTimestamp();
+		for (i = 0; i < n; i++)
+			if (ts[i].running)
+				running++;
+		for (i = 0; i < next && running < concurrency; i++)
+		{
+			if (!ts[i].running && !ts[i].finished && ts[i].not_before <= now)
+			{
+				start_transfer(ts, n, i, concurrency, pooled);
+				running++;
+			}
+		}
+		while (next < n && running < concurrency)
+		{
+			start_transfer(ts, n, next++, concurrency, pooled);
+			running++;
+		}
+		for (i = 0; i < next; i++)
+		{
+			if (!ts[i].running && !ts[i].finished)
+			{
+				long		until = TimestampDifferenceMilliseconds(now, ts[i].not_before);
+
+				pending++;
+				wait_ms = Min(wait_ms, Max(until, 1));
+			}
+		}
+		if (running == 0 && pending == 0 && next >= n)
+			return -1;
+
+		if (running > 0)
+		{
+			if (curl_multi_perform(ae_multi, &still) != CURLM_OK)
+				elog(ERROR, "curl_multi_perform failed");
+			while ((msg = curl_multi_info_read(ae_multi, &left)) != NULL)
+			{
+				AeTransfer *t;
+				AeAttemptResult r;
+
+				if (msg->msg != CURLMSG_DONE)
+					continue;
+				t = find_transfer(ts, n, msg->easy_handle);
+				if (t == NULL)
+					continue;
+				curl_multi_remove_handle(ae_multi, t->easy);
+				t->running = false;
+				r = transfer_finish(t, msg->data.result);
+				curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, NULL);
+				if (r == AE_ATTEMPT_RETRY)
+					continue;
+				t->finished = true;
+				if (r == AE_ATTEMPT_FAILED)
+					return -2 - (int) (t - ts);
+				if (stop_at && stop_at(t->resp->status))
+					return (int) (t - ts);
+			}
+			(void) curl_multi_poll(ae_multi, NULL, 0, (int) wait_ms, NULL);
+		}
+		else
+		{
+			/* Only backoffs pending: wait on the latch, not on sockets. */
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 wait_ms, request_wait_event());
+			ResetLatch(MyLatch);
+		}
+	}
+}
+
+/* Takes every running transfer out of the multi handle. */
+static void
+stop_transfers(AeTransfer *ts, int n)
+{
+	int			i;
+
+	pgstat_report_wait_end();
+	for (i = 0; i < n; i++)
+	{
+		if (ts[i].running)
+		{
+			curl_multi_remove_handle(ae_multi, ts[i].easy);
+			curl_easy_setopt(ts[i].easy, CURLOPT_ERRORBUFFER, NULL);
+			ts[i].running = false;
+		}
+	}
+}
+
+/*
+ * Runs transfers, at most `concurrency` at a time, until all are done or
+ * one fails in transport (then the others are stopped and that failure is
+ * raised), or until one gets a final answer for which stop_at() says so
+ * (then its index is returned).  Returns -1 when all completed.
+ */
+static int
+run_transfers(AeTransfer *ts, int n, int concurrency, bool pooled,
+			  bool (*stop_at) (long status))
+{
+	volatile int result = -1;
+
+	pgstat_report_wait_start(request_wait_event());
+	PG_TRY();
+	{
+		result = transfer_loop(ts, n, concurrency, pooled, stop_at);
+	}
+	PG_CATCH();
+	{
+		stop_transfers(ts, n);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	stop_transfers(ts, n);
+
+	if (result <= -2)
+	{
+		AeTransfer *failed = &ts[-2 - result];
+
+		reset_easy_handle(failed->easy);
+		raise_transport_error(failed);
+	}
+	return result;
+}
+
+void
+ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
+{
+	AeTransfer	t;
+
+	ensure_handles();
+	refresh_header_cache();
+	check_request_allowed(req);
+	transfer_init(&t, req, resp, ae_easy);
+	(void) run_transfers(&t, 1, 1, false, NULL);
+}
+
+int
+ae_http_execute_many(const AeHttpRequest *reqs, AeHttpResponse *resps, int n,
+					 int concurrency, bool (*stop_at) (long status))
+{
+	AeTransfer *ts;
+	int			i;
+
+	Assert(concurrency >= 1 && concurrency <= AE_MAX_CONCURRENCY);
+	if (n == 0)
+		return -1;
+	ensure_handles();
+	refresh_header_cache();
+	check_request_allowed(&reqs[0]);
+
+	for (i = 0; i < concurrency; i++)
+		if (ae_pool[i] == NULL)
+			ae_pool[i] = new_easy_handle();
+
+	ts = palloc(sizeof(AeTransfer) * n);
+	for (i = 0; i < n; i++)
+		transfer_init(&ts[i], &reqs[i], &resps[i], NULL);
+
+	/* Each transfer borrows a free pool handle for each attempt. */
+	return run_transfers(ts, n, concurrency, true, stop_at);
 }

@@ -64,4 +64,17 @@ typedef struct AeHttpResponse
  */
 extern void ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp);
 
+/* Most transfers a batch runs at once. */
+#define AE_MAX_CONCURRENCY 64
+
+/*
+ * Performs n requests with at most `concurrency` in flight, each with the
+ * retry policy.  Returns -1 when all have their final answer in resps, or
+ * the index of the first final answer for which stop_at(status) is true,
+ * after stopping the others.  A transport failure stops the others and is
+ * raised.  Interrupts stop everything at any point.
+ */
+extern int	ae_http_execute_many(const AeHttpRequest *reqs, AeHttpResponse *resps, int n,
+								 int concurrency, bool (*stop_at) (long status));
+
 #endif							/* AE_HTTP_H */
