@@ -20,7 +20,8 @@ OBJS = \
 	src/env.o \
 	src/work.o \
 	src/worker.o \
-	src/stats.o
+	src/stats.o \
+	src/redact.o
 
 DATA = sql/anthropic_env--$(EXTVERSION).sql
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -5,8 +5,9 @@
  *
  * Loaded from shared_preload_libraries (needed for the sync worker and its
  * shared state) or on first use.  It defines the anthropic.* settings,
- * routes jansson's allocations through palloc and, when preloaded, asks
- * for shared memory and registers the sync worker.
+ * routes jansson's allocations through palloc, installs the hook that
+ * keeps keys out of log lines and, when preloaded, asks for shared memory
+ * and registers the sync worker.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,6 +19,7 @@
 
 #include "anthropic_env.h"
 #include "convert.h"
+#include "redact.h"
 #include "stats.h"
 #include "worker.h"
 
@@ -51,6 +53,7 @@ _PG_init(void)
 {
 	ae_define_gucs();
 	ae_jansson_use_palloc();
+	ae_redact_install();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -136,10 +136,7 @@ usleep(500_000);
 $node->backup('b');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($node, 'b', has_streaming => 1);
-{
-	local $ENV{ANTHROPIC_API_KEY} = $FakeApi::KEY;
-	$standby->start;
-}
+$standby->start;
 $node->wait_for_catchup($standby);
 usleep(1_500_000);
 $fake->clear_requests;

@@ -74,18 +74,23 @@ sub stop
 sub DESTROY { $_[0]->stop; }
 
 # A PostgreSQL::Test::Cluster node with the extension preloaded and pointed
-# at this fake; the key comes from the server's environment, as the README
-# recommends, so it never appears in a SQL statement.
+# at this fake.  The key goes into postgresql.conf, never into SQL text;
+# key_via => 'env' passes it in the server's environment instead (which
+# PostgreSQL itself logs at log_min_messages >= debug3).
 sub new_node
 {
 	my ($self, $name, %opts) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init(%{ $opts{init} // {} });
 	my $libs = $opts{preload} // 'anthropic_env';
+	my $key = $opts{api_key} // $KEY;
+	my $via_env = ($opts{key_via} // 'conf') eq 'env';
 	$node->append_conf('postgresql.conf', "shared_preload_libraries = '$libs'\n"
 		  . "anthropic.base_url = '$self->{url}'\n"
+		  . ($via_env ? '' : "anthropic.api_key = '$key'\n")
 		  . ($opts{conf} // ''));
-	local $ENV{ANTHROPIC_API_KEY} = $opts{api_key} // $KEY;
+	local $ENV{ANTHROPIC_API_KEY} = $via_env ? $key : undef;
+	delete $ENV{ANTHROPIC_API_KEY} unless $via_env;
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION anthropic_env');
 	return $node;
