@@ -10,7 +10,9 @@
  *   The id of call i (1..COUNT) is ID_PREFIX followed by i, or ID_PREFIX
  *   alone with "fixed".  The API key comes from ANTHROPIC_API_KEY.
  *
- * Prints one line: "calls=N ok=N missing=N total_us=T us_per_call=U".
+ * Prints one line:
+ *   "calls=N ok=N missing=N total_us=T us_per_call=U cpu_us_per_call=C"
+ * (C: user + system CPU time of this process per call).
  * Exits non-zero if any call fails (transport error, a status other than
  * 200 or 404, or a 200 body without a string "id").
  */
@@ -19,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 typedef struct Buffer
@@ -53,6 +56,16 @@ write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 }
 
 static double
+cpu_us(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+		ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+}
+
+static double
 now_us(void)
 {
 	struct timespec ts;
@@ -78,6 +91,8 @@ main(int argc, char **argv)
 	long		missing = 0;
 	double		t0;
 	double		t1;
+	double		c0;
+	double		c1;
 
 	if (argc < 4 || argc > 5)
 	{
@@ -114,6 +129,7 @@ main(int argc, char **argv)
 	/* As the extension does: no proxy from the environment. */
 	curl_easy_setopt(easy, CURLOPT_PROXY, "");
 
+	c0 = cpu_us();
 	t0 = now_us();
 	for (long i = 1; i <= count; i++)
 	{
@@ -158,9 +174,10 @@ main(int argc, char **argv)
 		ok++;
 	}
 	t1 = now_us();
+	c1 = cpu_us();
 
-	printf("calls=%ld ok=%ld missing=%ld total_us=%.0f us_per_call=%.2f\n",
-		   count, ok, missing, t1 - t0, (t1 - t0) / count);
+	printf("calls=%ld ok=%ld missing=%ld total_us=%.0f us_per_call=%.2f cpu_us_per_call=%.2f\n",
+		   count, ok, missing, t1 - t0, (t1 - t0) / count, (c1 - c0) / count);
 
 	curl_slist_free_all(headers);
 	curl_easy_cleanup(easy);

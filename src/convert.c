@@ -207,14 +207,19 @@ put_time(json_t *obj, const char *key, Datum *value, bool *isnull)
 	*isnull = !time_datum(aej_string(obj, key), value);
 }
 
+/*
+ * Sets value/isnull from a member of the already built raw jsonb: copying
+ * its binary container is far cheaper than building it again.
+ */
 static void
-put_jsonb(json_t *obj, const char *key, Datum *value, bool *isnull)
+put_jsonb_from_raw(Jsonb *raw, const char *key, Datum *value, bool *isnull)
 {
-	json_t	   *v = json_object_get(obj, key);
+	JsonbValue	buf;
+	JsonbValue *v = getKeyJsonValueFromContainer(&raw->root, key, strlen(key), &buf);
 
-	*isnull = (v == NULL || json_is_null(v));
+	*isnull = (v == NULL || v->type == jbvNull);
 	if (!*isnull)
-		*value = JsonbPGetDatum(ae_json_to_jsonb(v));
+		*value = JsonbPGetDatum(JsonbValueToJsonb(v));
 }
 
 static void
@@ -234,7 +239,10 @@ ae_environment_tuple(TupleDesc desc, json_t *obj)
 	bool		nulls[11];
 	json_t	   *config = json_object_get(obj, "config");
 
+	Jsonb	   *raw;
+
 	check_natts(desc, 11);
+	raw = ae_json_to_jsonb(obj);
 	put_text(obj, "id", &values[0], &nulls[0]);
 	put_text(obj, "name", &values[1], &nulls[1]);
 	put_text(obj, "description", &values[2], &nulls[2]);
@@ -242,13 +250,13 @@ ae_environment_tuple(TupleDesc desc, json_t *obj)
 		put_text(config, "type", &values[3], &nulls[3]);
 	else
 		nulls[3] = true;
-	put_jsonb(obj, "config", &values[4], &nulls[4]);
-	put_jsonb(obj, "metadata", &values[5], &nulls[5]);
+	put_jsonb_from_raw(raw, "config", &values[4], &nulls[4]);
+	put_jsonb_from_raw(raw, "metadata", &values[5], &nulls[5]);
 	put_text(obj, "scope", &values[6], &nulls[6]);
 	put_time(obj, "created_at", &values[7], &nulls[7]);
 	put_time(obj, "updated_at", &values[8], &nulls[8]);
 	put_time(obj, "archived_at", &values[9], &nulls[9]);
-	values[10] = JsonbPGetDatum(ae_json_to_jsonb(obj));
+	values[10] = JsonbPGetDatum(raw);
 	nulls[10] = false;
 	return heap_form_tuple(desc, values, nulls);
 }
@@ -260,7 +268,10 @@ ae_work_tuple(TupleDesc desc, json_t *obj)
 	bool		nulls[14];
 	json_t	   *data = json_object_get(obj, "data");
 
+	Jsonb	   *raw;
+
 	check_natts(desc, 14);
+	raw = ae_json_to_jsonb(obj);
 	put_text(obj, "id", &values[0], &nulls[0]);
 	put_text(obj, "environment_id", &values[1], &nulls[1]);
 	put_text(obj, "state", &values[2], &nulls[2]);
@@ -271,7 +282,7 @@ ae_work_tuple(TupleDesc desc, json_t *obj)
 	}
 	else
 		nulls[3] = nulls[4] = true;
-	put_jsonb(obj, "metadata", &values[5], &nulls[5]);
+	put_jsonb_from_raw(raw, "metadata", &values[5], &nulls[5]);
 	put_time(obj, "created_at", &values[6], &nulls[6]);
 	put_time(obj, "acknowledged_at", &values[7], &nulls[7]);
 	put_time(obj, "started_at", &values[8], &nulls[8]);
@@ -279,7 +290,7 @@ ae_work_tuple(TupleDesc desc, json_t *obj)
 	put_time(obj, "stop_requested_at", &values[10], &nulls[10]);
 	put_time(obj, "stopped_at", &values[11], &nulls[11]);
 	put_text(obj, "secret", &values[12], &nulls[12]);
-	values[13] = JsonbPGetDatum(ae_json_to_jsonb(obj));
+	values[13] = JsonbPGetDatum(raw);
 	nulls[13] = false;
 	return heap_form_tuple(desc, values, nulls);
 }

@@ -766,6 +766,8 @@ transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
 
 		if (running > 0)
 		{
+			int			finished = 0;
+
 			if (curl_multi_perform(ae_multi, &still) != CURLM_OK)
 				elog(ERROR, "curl_multi_perform failed");
 			while ((msg = curl_multi_info_read(ae_multi, &left)) != NULL)
@@ -780,6 +782,7 @@ transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
 					continue;
 				curl_multi_remove_handle(ae_multi, t->easy);
 				t->running = false;
+				finished++;
 				r = transfer_finish(t, msg->data.result);
 				curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, NULL);
 				if (r == AE_ATTEMPT_RETRY)
@@ -790,7 +793,9 @@ transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
 				if (stop_at && stop_at(t->resp->status))
 					return (int) (t - ts);
 			}
-			(void) curl_multi_poll(ae_multi, NULL, 0, (int) wait_ms, NULL);
+			/* Something finished: start what may start before waiting. */
+			if (finished == 0 && still > 0)
+				(void) curl_multi_poll(ae_multi, NULL, 0, (int) wait_ms, NULL);
 		}
 		else
 		{
