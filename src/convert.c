@@ -18,6 +18,7 @@
 
 #include "access/htup_details.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
@@ -83,86 +84,119 @@ set_jsonb_string(JsonbValue *jv, const char *s, size_t len)
 	jv->val.string.len = (int) len;
 }
 
-static JsonbValue *
-push_json(JsonbParseState **state, json_t *v, JsonbIteratorToken tok)
+/* jsonb's key order: shorter keys first, then bytewise. */
+static inline int
+key_cmp(const JsonbValue *a, const JsonbValue *b)
 {
-	JsonbValue	jv;
+	if (a->val.string.len != b->val.string.len)
+		return a->val.string.len > b->val.string.len ? 1 : -1;
+	return memcmp(a->val.string.val, b->val.string.val, a->val.string.len);
+}
+
+/*
+ * Builds the JsonbValue tree of a parsed value directly, objects' keys
+ * sorted the way jsonb stores them; JsonbValueToJsonb() then serializes it
+ * in one pass.  (pushJsonbValue() would copy every value and qsort every
+ * object; API objects are small, and their keys are unique already, as
+ * jansson keeps only the last of duplicate keys.)
+ */
+static void
+json_to_jbv(json_t *v, JsonbValue *out)
+{
 	char		buf[64];
 
 	switch (json_typeof(v))
 	{
 		case JSON_OBJECT:
 			{
+				size_t		n = json_object_size(v);
+				JsonbPair  *pairs;
 				const char *key;
 				json_t	   *val;
+				size_t		i = 0;
 
-				pushJsonbValue(state, WJB_BEGIN_OBJECT, NULL);
+				check_stack_depth();
+				pairs = palloc(sizeof(JsonbPair) * Max(n, 1));
 				json_object_foreach(v, key, val)
 				{
-					set_jsonb_string(&jv, key, strlen(key));
-					pushJsonbValue(state, WJB_KEY, &jv);
-					push_json(state, val, WJB_VALUE);
+					JsonbPair	p;
+					size_t		j;
+
+					set_jsonb_string(&p.key, key, strlen(key));
+					json_to_jbv(val, &p.value);
+					p.order = (uint32) i;
+					/* insertion sort: objects here have a dozen keys at most */
+					for (j = i; j > 0 && key_cmp(&pairs[j - 1].key, &p.key) > 0; j--)
+						pairs[j] = pairs[j - 1];
+					pairs[j] = p;
+					i++;
 				}
-				return pushJsonbValue(state, WJB_END_OBJECT, NULL);
+				out->type = jbvObject;
+				out->val.object.nPairs = (int) n;
+				out->val.object.pairs = pairs;
+				return;
 			}
 		case JSON_ARRAY:
 			{
+				size_t		n = json_array_size(v);
+				JsonbValue *elems;
 				size_t		i;
 				json_t	   *val;
 
-				pushJsonbValue(state, WJB_BEGIN_ARRAY, NULL);
+				check_stack_depth();
+				elems = palloc(sizeof(JsonbValue) * Max(n, 1));
 				json_array_foreach(v, i, val)
-					push_json(state, val, WJB_ELEM);
-				return pushJsonbValue(state, WJB_END_ARRAY, NULL);
+					json_to_jbv(val, &elems[i]);
+				out->type = jbvArray;
+				out->val.array.nElems = (int) n;
+				out->val.array.elems = elems;
+				out->val.array.rawScalar = false;
+				return;
 			}
 		case JSON_STRING:
-			set_jsonb_string(&jv, json_string_value(v), json_string_length(v));
-			break;
+			set_jsonb_string(out, json_string_value(v), json_string_length(v));
+			return;
 		case JSON_INTEGER:
-			jv.type = jbvNumeric;
-			jv.val.numeric = int64_to_numeric((int64) json_integer_value(v));
-			break;
+			out->type = jbvNumeric;
+			out->val.numeric = int64_to_numeric((int64) json_integer_value(v));
+			return;
 		case JSON_REAL:
-			jv.type = jbvNumeric;
+			out->type = jbvNumeric;
 			snprintf(buf, sizeof(buf), "%.17g", json_real_value(v));
-			jv.val.numeric = DatumGetNumeric(OidInputFunctionCall(F_NUMERIC_IN, buf,
-																  InvalidOid, -1));
-			break;
+			out->val.numeric = DatumGetNumeric(OidInputFunctionCall(F_NUMERIC_IN, buf,
+																	InvalidOid, -1));
+			return;
 		case JSON_TRUE:
 		case JSON_FALSE:
-			jv.type = jbvBool;
-			jv.val.boolean = json_is_true(v);
-			break;
+			out->type = jbvBool;
+			out->val.boolean = json_is_true(v);
+			return;
 		case JSON_NULL:
 		default:
-			jv.type = jbvNull;
-			break;
+			out->type = jbvNull;
+			return;
 	}
-	return pushJsonbValue(state, tok, &jv);
 }
 
 Jsonb *
 ae_json_to_jsonb(json_t *value)
 {
-	JsonbParseState *state = NULL;
-	JsonbValue *res;
+	JsonbValue	root;
 
 	if (json_is_object(value) || json_is_array(value))
-		res = push_json(&state, value, WJB_VALUE);
+		json_to_jbv(value, &root);
 	else
 	{
 		/* A bare scalar is stored as a one-element "raw scalar" array. */
-		JsonbValue	arr;
+		JsonbValue *elem = palloc(sizeof(JsonbValue));
 
-		arr.type = jbvArray;
-		arr.val.array.rawScalar = true;
-		arr.val.array.nElems = 1;
-		arr.val.array.elems = NULL;
-		pushJsonbValue(&state, WJB_BEGIN_ARRAY, &arr);
-		push_json(&state, value, WJB_ELEM);
-		res = pushJsonbValue(&state, WJB_END_ARRAY, NULL);
+		json_to_jbv(value, elem);
+		root.type = jbvArray;
+		root.val.array.rawScalar = true;
+		root.val.array.nElems = 1;
+		root.val.array.elems = elem;
 	}
-	return JsonbValueToJsonb(res);
+	return JsonbValueToJsonb(&root);
 }
 
 /* Sets value/isnull from a string member. */
