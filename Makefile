@@ -39,3 +39,34 @@ EXTRA_CLEAN = tmp_check results regression.diffs regression.out
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# --- Reliability and security checks (issue 8); not part of scripts/test ---
+#
+# make fuzz       builds test/fuzz/fuzz_apijson (libFuzzer, ASan, UBSan:
+#                 src/apijson.c and jansson only, no PostgreSQL) and runs it
+#                 for FUZZ_SECONDS over test/fuzz/corpus; new inputs go to
+#                 test/fuzz/out/corpus, crashes to test/fuzz/out/.
+# make valgrind   runs the pg_regress suite, then test/valgrind/faults.sql (the
+#                 transport's failure paths), with the server under valgrind
+#                 memcheck, and fails on invalid reads/writes or definite leaks
+#                 in anthropic_env frames (test/valgrind/run, test/valgrind/check).
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS = -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+
+test/fuzz/fuzz_apijson: test/fuzz/fuzz_apijson.c src/apijson.c src/apijson.h
+	ANTHROPIC_ENV_WITH_CHECKS=1 $(srcdir)/scripts/install-deps
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I$(srcdir)/src -o $@ $(srcdir)/test/fuzz/fuzz_apijson.c $(srcdir)/src/apijson.c -ljansson
+
+.PHONY: fuzz valgrind
+fuzz: test/fuzz/fuzz_apijson
+	@mkdir -p test/fuzz/out/corpus
+	test/fuzz/fuzz_apijson -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+		-print_final_stats=1 -dict=$(srcdir)/test/fuzz/apijson.dict -artifact_prefix=test/fuzz/out/ \
+		test/fuzz/out/corpus $(srcdir)/test/fuzz/corpus
+
+valgrind:
+	ANTHROPIC_ENV_WITH_CHECKS=1 $(srcdir)/scripts/install-deps
+	$(srcdir)/test/valgrind/run
+
+EXTRA_CLEAN += test/fuzz/fuzz_apijson test/fuzz/out test/valgrind/out

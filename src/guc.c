@@ -178,8 +178,8 @@ check_key(char **newval, void **extra, GucSource source)
 	if (*newval && **newval && source_is_catalog(source))
 	{
 		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
-		GUC_check_errmsg("Anthropic keys cannot be stored with ALTER ROLE or ALTER DATABASE");
-		GUC_check_errdetail("Every role can read settings stored in pg_db_role_setting.");
+		GUC_check_errmsg("Anthropic keys cannot be stored with ALTER ROLE, ALTER DATABASE or a function's SET clause");
+		GUC_check_errdetail("Every role can read settings stored in pg_db_role_setting and pg_proc.");
 		GUC_check_errhint("Set the key in postgresql.conf, with ALTER SYSTEM, or in the server's environment (ANTHROPIC_API_KEY).");
 		return false;
 	}

@@ -556,6 +556,15 @@ transfer_start(AeTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, &t->body);
 	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, t->timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) ae_connect_timeout_ms);
+
+	/*
+	 * libcurl silently sends a request again when a reused connection turns
+	 * out dead before any answer; for a create that could mean two.  A
+	 * create therefore always opens its own connection, and so does a
+	 * retry, since the cached ones may be as dead as the last.
+	 */
+	curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT,
+					 (req->retry == AE_RETRY_CREATE || t->attempt > 0) ? 1L : 0L);
 	switch (req->method)
 	{
 		case AE_GET:

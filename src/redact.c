@@ -1,22 +1,41 @@
 /*-------------------------------------------------------------------------
  *
  * redact.c
- *		Keeps the keys out of log lines and error messages.
+ *		Keeps the keys out of log lines, error messages and
+ *		pg_stat_activity.
  *
  * PostgreSQL itself can print a key: a reload logs "parameter
- * "anthropic.api_key" changed to "..."", and log_statement prints a SET or
- * ALTER SYSTEM that names one.  An emit_log_hook masks, in every message
- * before it is written anywhere, (1) any occurrence of a key now in force,
- * and (2) the quoted value that follows the name of a key setting.  When
- * the statement being run holds a key, it is not appended to the message
- * as STATEMENT, since that text is not the hook's to change.
+ * "anthropic.api_key" changed to "..."", log_statement prints a SET or
+ * ALTER SYSTEM that names one, an error appends its STATEMENT, and
+ * pg_stat_activity shows the text of the last statement.  Two hooks close
+ * these paths:
+ *
+ * - an emit_log_hook masks, in every message before it is written
+ *   anywhere, any key now in force, anything shaped like an Anthropic key
+ *   ("sk-ant-..."), and the quoted value that follows the name of a key
+ *   setting; a logged statement that names a key setting is
+ *   replaced as a whole (names are matched case-insensitively, so quoting
+ *   or spacing tricks do not matter), and such a statement is never
+ *   appended as STATEMENT;
+ * - a ProcessUtility_hook replaces the activity text of SET, RESET and
+ *   ALTER SYSTEM statements on a key.
+ *
+ * A key of another shape passed as a parameter of a prepared statement is
+ * not recognizable until it is in force; the README says to keep keys out
+ * of SQL text.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
 #include "lib/stringinfo.h"
+#include "nodes/parsenodes.h"
+#include "pgstat.h"
 #include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/backend_status.h"
 #include "utils/elog.h"
 #include "utils/memutils.h"
 
@@ -24,16 +43,44 @@
 #include "redact.h"
 
 #define AE_MASK "********"
+#define AE_STATEMENT_MASK "<a statement that sets an Anthropic key, not shown>"
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
-static const char *const key_settings[] = {
-	"anthropic.api_key",
-	"anthropic.environment_key",
-};
+/* Parts of the key settings' names, matched case-insensitively. */
+static const char *const key_words[] = {"api_key", "environment_key"};
+
+/* Messages that carry a whole statement's text. */
+static const char *const statement_prefixes[] = {"statement: ", "execute ", "duration: "};
+
+static const char *
+find_ci(const char *haystack, const char *needle)
+{
+	size_t		n = strlen(needle);
+
+	for (; *haystack; haystack++)
+		if (pg_strncasecmp(haystack, needle, n) == 0)
+			return haystack;
+	return NULL;
+}
+
+/* Does the text name a key setting, however it is quoted or cased? */
+static bool
+names_key_setting(const char *text)
+{
+	size_t		i;
+
+	if (text == NULL || find_ci(text, "anthropic") == NULL)
+		return false;
+	for (i = 0; i < lengthof(key_words); i++)
+		if (find_ci(text, key_words[i]))
+			return true;
+	return false;
+}
 
 /* Replaces every occurrence of secret in *s. */
-static bool
+static void
 mask_value(char **s, const char *secret)
 {
 	size_t		len = strlen(secret);
@@ -41,8 +88,8 @@ mask_value(char **s, const char *secret)
 	StringInfoData out;
 
 	/* Short values would mask innocent text; real keys are long. */
-	if (len < 8 || *s == NULL || strstr(*s, secret) == NULL)
-		return false;
+	if (len < 8 || strstr(*s, secret) == NULL)
+		return;
 	initStringInfo(&out);
 	for (p = *s; *p;)
 	{
@@ -58,58 +105,147 @@ mask_value(char **s, const char *secret)
 		p = hit + len;
 	}
 	*s = out.data;
-	return true;
+}
+
+/* Masks every "sk-ant-..." token: the shape of Anthropic keys. */
+static void
+mask_key_shapes(char **s)
+{
+	const char *p;
+	StringInfoData out;
+
+	if (strstr(*s, "sk-ant-") == NULL)
+		return;
+	initStringInfo(&out);
+	for (p = *s; *p;)
+	{
+		const char *hit = strstr(p, "sk-ant-");
+		const char *end;
+
+		if (hit == NULL)
+		{
+			appendStringInfoString(&out, p);
+			break;
+		}
+		appendBinaryStringInfo(&out, p, hit - p);
+		end = hit + strlen("sk-ant-");
+		while (isalnum((unsigned char) *end) || *end == '-' || *end == '_')
+			end++;
+		appendStringInfoString(&out, "sk-ant-" AE_MASK);
+		p = end;
+	}
+	*s = out.data;
+}
+
+/*
+ * Finds the first quoted value at or after p: '...', "..." or $tag$...$tag$.
+ * Sets *start and *end to its contents; false when there is none.
+ */
+static bool
+next_quoted(const char *p, const char **start, const char **end)
+{
+	for (; *p; p++)
+	{
+		if (*p == '\'' || *p == '"')
+		{
+			const char *close = strchr(p + 1, *p);
+
+			*start = p + 1;
+			*end = close ? close : p + strlen(p);
+			return true;
+		}
+		if (*p == '$')
+		{
+			const char *q = p + 1;
+
+			while (*q && (isalnum((unsigned char) *q) || *q == '_'))
+				q++;
+			if (*q == '$')
+			{
+				size_t		taglen = q - p + 1;
+				const char *close = q + 1;
+
+				while ((close = strchr(close, '$')) != NULL &&
+					   strncmp(close, p, taglen) != 0)
+					close++;
+				*start = q + 1;
+				*end = close ? close : q + 1 + strlen(q + 1);
+				return true;
+			}
+		}
+	}
+	return false;
 }
 
 /*
  * Masks the first quoted value after each mention of a key setting, as in
- * SET anthropic.api_key = '...' or parameter "anthropic.api_key" changed
- * to "...".
+ * parameter "anthropic.api_key" changed to "...".
  */
-static bool
+static void
 mask_after_names(char **s)
 {
-	bool		changed = false;
 	size_t		i;
 
-	if (*s == NULL || strstr(*s, "anthropic.") == NULL)
-		return false;
-	for (i = 0; i < lengthof(key_settings); i++)
+	if (!names_key_setting(*s))
+		return;
+	for (i = 0; i < lengthof(key_words); i++)
 	{
-		const char *name = key_settings[i];
-		size_t		namelen = strlen(name);
 		const char *from = *s;
 		const char *hit;
 
-		while ((hit = strstr(from, name)) != NULL)
+		while ((hit = find_ci(from, key_words[i])) != NULL)
 		{
-			const char *p = hit + namelen;
-			const char *open;
-			const char *close;
+			const char *p = hit + strlen(key_words[i]);
+			const char *start;
+			const char *end;
 			StringInfoData out;
+			size_t		resume;
 
+			/* Step over the quote that closes the name itself. */
 			if (*p == '"' || *p == '\'')
-				p++;			/* the quote that closes the name itself */
-			open = strpbrk(p, "'\"");
-			if (open == NULL)
+				p++;
+			if (!next_quoted(p, &start, &end))
 				break;
-			close = strchr(open + 1, *open);
-			if (close == NULL)
-				close = open + strlen(open);
 			initStringInfo(&out);
-			appendBinaryStringInfo(&out, *s, open + 1 - *s);
+			appendBinaryStringInfo(&out, *s, start - *s);
 			appendStringInfoString(&out, AE_MASK);
-			appendStringInfoString(&out, close);
-			from = out.data + (open + 1 - *s) + strlen(AE_MASK);
+			resume = out.len;
+			appendStringInfoString(&out, end);
 			*s = out.data;
-			changed = true;
+			from = out.data + resume;
 		}
 	}
-	return changed;
+}
+
+/* A logged statement that names a key setting is replaced as a whole. */
+static bool
+mask_statement(char **s)
+{
+	size_t		i;
+
+	for (i = 0; i < lengthof(statement_prefixes); i++)
+	{
+		const char *prefix = statement_prefixes[i];
+		const char *cut;
+
+		if (strncmp(*s, prefix, strlen(prefix)) != 0 || !names_key_setting(*s))
+			continue;
+		/* Keep "statement: ", "execute <name>: ", "duration: ... statement: ". */
+		cut = strstr(*s, "statement: ");
+		if (cut)
+			cut += strlen("statement: ");
+		else if ((cut = strstr(*s, ": ")) != NULL)
+			cut += 2;
+		else
+			cut = *s;
+		*s = psprintf("%.*s%s", (int) (cut - *s), *s, AE_STATEMENT_MASK);
+		return true;
+	}
+	return false;
 }
 
 static void
-redact_field(char **field)
+redact_field(char **field, bool may_be_statement)
 {
 	const char *api_key = ae_effective_api_key();
 
@@ -119,15 +255,17 @@ redact_field(char **field)
 		mask_value(field, api_key);
 	if (ae_environment_key && *ae_environment_key)
 		mask_value(field, ae_environment_key);
+	mask_key_shapes(field);
+	if (may_be_statement && mask_statement(field))
+		return;
 	mask_after_names(field);
 }
 
-/* Would the text show a key, by value or after a key setting's name? */
+/* Would the statement's text show a key, by value or by setting name? */
 static bool
 holds_key(const char *text)
 {
 	const char *api_key = ae_effective_api_key();
-	size_t		i;
 
 	if (text == NULL)
 		return false;
@@ -136,10 +274,7 @@ holds_key(const char *text)
 	if (ae_environment_key && strlen(ae_environment_key) >= 8 &&
 		strstr(text, ae_environment_key))
 		return true;
-	for (i = 0; i < lengthof(key_settings); i++)
-		if (strstr(text, key_settings[i]))
-			return true;
-	return false;
+	return strstr(text, "sk-ant-") != NULL || names_key_setting(text);
 }
 
 static void
@@ -149,16 +284,52 @@ ae_emit_log_hook(ErrorData *edata)
 
 	if (!edata->hide_stmt && holds_key(debug_query_string))
 		edata->hide_stmt = true;
-
-	redact_field(&edata->message);
-	redact_field(&edata->detail);
-	redact_field(&edata->detail_log);
-	redact_field(&edata->context);
-	redact_field(&edata->internalquery);
+	redact_field(&edata->message, true);
+	redact_field(&edata->detail, false);
+	redact_field(&edata->detail_log, false);
+	redact_field(&edata->context, false);
+	redact_field(&edata->internalquery, false);
 	MemoryContextSwitchTo(old);
 
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
+}
+
+static bool
+is_key_setting(const char *name)
+{
+	return name != NULL &&
+		(pg_strcasecmp(name, "anthropic.api_key") == 0 ||
+		 pg_strcasecmp(name, "anthropic.environment_key") == 0);
+}
+
+static void
+ae_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				   ProcessUtilityContext context, ParamListInfo params,
+				   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+	const char *name = NULL;
+
+	if (IsA(parsetree, VariableSetStmt))
+		name = ((VariableSetStmt *) parsetree)->name;
+	else if (IsA(parsetree, AlterSystemStmt))
+		name = ((AlterSystemStmt *) parsetree)->setstmt->name;
+	else if (IsA(parsetree, AlterRoleSetStmt))
+		name = ((AlterRoleSetStmt *) parsetree)->setstmt->name;
+	else if (IsA(parsetree, AlterDatabaseSetStmt))
+		name = ((AlterDatabaseSetStmt *) parsetree)->setstmt->name;
+
+	/* pg_stat_activity keeps showing the text after the statement ends. */
+	if (is_key_setting(name) && context == PROCESS_UTILITY_TOPLEVEL)
+		pgstat_report_activity(STATE_RUNNING, AE_STATEMENT_MASK);
+
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
 }
 
 void
@@ -166,4 +337,6 @@ ae_redact_install(void)
 {
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = ae_emit_log_hook;
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = ae_process_utility;
 }
