@@ -54,6 +54,21 @@ my $elapsed = (time - $t0) * 1000;
 like($err, qr/canceling statement due to statement timeout/, 'statement_timeout cancels the call');
 cmp_ok($elapsed, '<', 200 + 400, "and returns promptly ($elapsed ms including psql start)");
 
+# statement_timeout during a long poll that the fake holds: 57014 within
+# about 100 ms of the timeout, measured inside the server.
+my $senv = $node->safe_psql('postgres',
+	q{SELECT id FROM anthropic.env_create('{"name": "poller", "config": {"type": "self_hosted"}}')});
+$fake->fault({ path_regex => '/work/poll$', delay_ms => 5000, times => 1 });
+($rc, $out, $err) = $node->psql('postgres', qq{SET statement_timeout = '200ms';
+DO \$\$ DECLARE t0 timestamptz := statement_timestamp(); BEGIN
+	PERFORM anthropic.work_poll('$senv', block_ms => 999);
+EXCEPTION WHEN query_canceled THEN
+	RAISE NOTICE 'poll_canceled_after=% sqlstate=%', extract(epoch FROM clock_timestamp() - t0) * 1000, SQLSTATE;
+END \$\$;});
+my ($poll_ms) = $err =~ /poll_canceled_after=([\d.]+) sqlstate=57014/;
+ok(defined $poll_ms, 'statement_timeout ends a long poll with 57014') or diag $err;
+cmp_ok($poll_ms // 1e9, '<', 300, "within about 100 ms of the 200 ms timeout ($poll_ms ms)");
+
 # The key never shows up in pg_stat_activity.
 my $acts = $node->safe_psql('postgres', 'SELECT string_agg(query, E\'\n\') FROM pg_stat_activity');
 unlike($acts, qr/\Q$FakeApi::KEY\E/, 'pg_stat_activity does not show the key');
