@@ -105,8 +105,12 @@ FROM first_poll f, LATERAL anthropic.work_poll((SELECT id FROM w_env), reclaim_o
 
 -- Stats: depth, pending, oldest item, distinct polling workers.
 SELECT fake.enqueue(id)->>'state' FROM w_env;
+SELECT fake.clear_requests();
 SELECT depth, pending, oldest_queued_at IS NOT NULL AS has_oldest, workers_polling
 FROM w_env, LATERAL anthropic.work_stats(w_env.id);
+SELECT method, path, query, headers ? 'x-api-key' AS api_key, headers ? 'authorization' AS bearer,
+       headers->>'anthropic-workspace-id' AS workspace
+FROM fake.requests();
 
 -- work_list pages lazily: LIMIT 1 sends one request, the full list one per page.
 SELECT fake.clear_requests();
