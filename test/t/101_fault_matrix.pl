@@ -34,20 +34,7 @@ our $s = $node->background_psql('postgres', on_error_stop => 0);
 
 # Runs a statement that yields one value; returns "ok|value", or
 # "err|SQLSTATE|message|detail" for any error other than a cancel.
-$s->query_safe(q{
-CREATE FUNCTION t_try(q text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE
-	r text;
-	st text;
-	msg text;
-	det text;
-BEGIN
-	EXECUTE q INTO r;
-	RETURN 'ok|' || coalesce(r, '');
-EXCEPTION WHEN OTHERS THEN
-	GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
-	RETURN 'err|' || st || '|' || translate(msg, E'\n', ' ') || '|' || translate(coalesce(det, ''), E'\n', ' ');
-END $f$});
+$s->query_safe($FakeApi::T_TRY);
 
 sub lit { my $v = shift; $v =~ s/'/''/g; return "'$v'"; }
 

@@ -74,20 +74,7 @@ my ($port) = $good->url =~ /:(\d+)$/;
 my ($wport) = $wrong->url =~ /:(\d+)$/;
 my ($sport) = $self->url =~ /:(\d+)$/;
 
-$node->safe_psql('postgres', q{
-CREATE FUNCTION t_try(q text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE
-	r text;
-	st text;
-	msg text;
-	det text;
-BEGIN
-	EXECUTE q INTO r;
-	RETURN 'ok|' || coalesce(r, '');
-EXCEPTION WHEN OTHERS THEN
-	GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
-	RETURN 'err|' || st || '|' || msg || '|' || coalesce(det, '');
-END $f$});
+$node->safe_psql('postgres', $FakeApi::T_TRY);
 
 sub try_in
 {

@@ -14,6 +14,23 @@ use Time::HiRes qw(time);
 
 our $KEY = 'sk-ant-fake-test-key';
 
+# SQL for t_try(q): runs a query, returns "ok|<first value>" or
+# "err|SQLSTATE|message|detail" (newlines folded) for any error but a cancel.
+our $T_TRY = q{
+CREATE FUNCTION t_try(q text) RETURNS text LANGUAGE plpgsql AS $f$
+DECLARE
+	r text;
+	st text;
+	msg text;
+	det text;
+BEGIN
+	EXECUTE q INTO r;
+	RETURN 'ok|' || coalesce(r, '');
+EXCEPTION WHEN OTHERS THEN
+	GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
+	RETURN 'err|' || st || '|' || translate(msg, E'\n', ' ') || '|' || translate(coalesce(det, ''), E'\n', ' ');
+END $f$};
+
 sub start
 {
 	my ($class, @extra) = @_;
