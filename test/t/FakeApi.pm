@@ -14,6 +14,10 @@ use Time::HiRes qw(time);
 
 our $KEY = 'sk-ant-fake-test-key';
 
+# Every fake started, so that the END block stops those a test forgot.
+my @started;
+END { $_->stop for grep { defined } @started; }
+
 # SQL for t_try(q): runs a query, returns "ok|<first value>" or
 # "err|SQLSTATE|message|detail" (newlines folded) for any error but a cancel.
 our $T_TRY = q{
@@ -51,6 +55,7 @@ sub start
 		url => $1,
 		http => HTTP::Tiny->new(timeout => 60, keep_alive => 0),
 	}, $class;
+	push @started, $self;
 	return $self;
 }
 
