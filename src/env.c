@@ -39,15 +39,6 @@ environment_result(FunctionCallInfo fcinfo, json_t *obj)
 	return HeapTupleGetDatum(ae_environment_tuple(ae_result_desc(fcinfo), obj));
 }
 
-static char *
-id_arg(FunctionCallInfo fcinfo, int argno, const char *argname)
-{
-	char	   *id = ae_text_arg(fcinfo, argno);
-
-	ae_check_id(argname, id);
-	return id;
-}
-
 Datum
 ae_env_create(PG_FUNCTION_ARGS)
 {
@@ -62,7 +53,7 @@ ae_env_get(PG_FUNCTION_ARGS)
 {
 	AeCall		call = {.endpoint = AE_ENV_GET};
 
-	call.args[0] = id_arg(fcinfo, 0, "environment_id");
+	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 	call.missing_ok = PG_GETARG_BOOL(1);
 	return environment_result(fcinfo, ae_api_call(&call));
 }
@@ -111,7 +102,7 @@ ae_env_update(PG_FUNCTION_ARGS)
 {
 	AeCall		call = {.endpoint = AE_ENV_UPDATE};
 
-	call.args[0] = id_arg(fcinfo, 0, "environment_id");
+	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 	call.body = ae_object_body("patch", PG_GETARG_JSONB_P(1));
 	return environment_result(fcinfo, ae_api_call(&call));
 }
@@ -121,7 +112,7 @@ ae_env_delete(PG_FUNCTION_ARGS)
 {
 	AeCall		call = {.endpoint = AE_ENV_DELETE};
 
-	call.args[0] = id_arg(fcinfo, 0, "environment_id");
+	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 	call.missing_ok = PG_GETARG_BOOL(1);
 	PG_RETURN_BOOL(ae_api_call(&call) != NULL);
 }
@@ -131,7 +122,7 @@ ae_env_archive(PG_FUNCTION_ARGS)
 {
 	AeCall		call = {.endpoint = AE_ENV_ARCHIVE};
 
-	call.args[0] = id_arg(fcinfo, 0, "environment_id");
+	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 	return environment_result(fcinfo, ae_api_call(&call));
 }
 

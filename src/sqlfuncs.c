@@ -51,6 +51,20 @@ ae_text_arg(FunctionCallInfo fcinfo, int argno)
 }
 
 char *
+ae_id_arg(FunctionCallInfo fcinfo, int argno, const char *argname)
+{
+	char	   *id;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", argname)));
+	id = ae_text_arg(fcinfo, argno);
+	ae_check_id(argname, id);
+	return id;
+}
+
+char *
 ae_object_body(const char *argname, Jsonb *body)
 {
 	if (!JB_ROOT_IS_OBJECT(body) || JB_ROOT_IS_SCALAR(body))

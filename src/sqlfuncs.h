@@ -23,6 +23,12 @@ extern TupleDesc ae_result_desc(FunctionCallInfo fcinfo);
  */
 extern char *ae_text_arg(FunctionCallInfo fcinfo, int argno);
 
+/*
+ * An id argument, checked as a path segment (22023 otherwise).  NULL is an
+ * error here, for the functions that cannot be STRICT.
+ */
+extern char *ae_id_arg(FunctionCallInfo fcinfo, int argno, const char *argname);
+
 /* Raises 22023 unless the jsonb is an object; returns it as JSON text. */
 extern char *ae_object_body(const char *argname, Jsonb *body);
 

@@ -30,26 +30,11 @@ PG_FUNCTION_INFO_V1(ae_work_list_rows);
 PG_FUNCTION_INFO_V1(ae_work_update);
 PG_FUNCTION_INFO_V1(ae_work_stats);
 
-/* Reads a required id argument; NULL is an error, not "no answer". */
-static char *
-required_id(FunctionCallInfo fcinfo, int argno, const char *argname)
-{
-	char	   *id;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", argname)));
-	id = ae_text_arg(fcinfo, argno);
-	ae_check_id(argname, id);
-	return id;
-}
-
 static void
 set_work_ids(FunctionCallInfo fcinfo, AeCall *call)
 {
-	call->args[0] = required_id(fcinfo, 0, "environment_id");
-	call->args[1] = required_id(fcinfo, 1, "work_id");
+	call->args[0] = ae_id_arg(fcinfo, 0, "environment_id");
+	call->args[1] = ae_id_arg(fcinfo, 1, "work_id");
 }
 
 static Datum
@@ -67,7 +52,7 @@ ae_work_poll(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	json_t	   *item;
 
-	call.args[0] = required_id(fcinfo, 0, "environment_id");
+	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 	call.query[0].name = "block_ms";
 	if (!PG_ARGISNULL(1))
 	{
@@ -178,7 +163,7 @@ ae_work_list_rows(PG_FUNCTION_ARGS)
 	{
 		int			page_size = PG_GETARG_INT32(1);
 
-		call.args[0] = required_id(fcinfo, 0, "environment_id");
+		call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 		ae_check_page_size("page_size", page_size);
 		call.query[0].name = "limit";
 		call.query[0].value = psprintf("%d", page_size);
@@ -203,7 +188,7 @@ ae_work_stats(PG_FUNCTION_ARGS)
 {
 	AeCall		call = {.endpoint = AE_WORK_STATS};
 
-	call.args[0] = required_id(fcinfo, 0, "environment_id");
+	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 	return HeapTupleGetDatum(ae_queue_stats_tuple(ae_result_desc(fcinfo),
 												  ae_api_call(&call)));
 }
