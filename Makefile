@@ -7,7 +7,7 @@
 
 EXTENSION = anthropic_env
 MODULE_big = anthropic_env
-EXTVERSION = 0.1.0
+EXTVERSION = 0.2.0
 
 OBJS = \
 	src/anthropic_env.o \
@@ -23,7 +23,9 @@ OBJS = \
 	src/stats.o \
 	src/redact.o
 
-DATA = sql/anthropic_env--$(EXTVERSION).sql
+# 0.1.0 stays exactly as released; every later change is an upgrade step,
+# and CREATE EXTENSION at 0.2.0 runs 0.1.0 followed by the steps.
+DATA = sql/anthropic_env--0.1.0.sql sql/anthropic_env--0.1.0--0.2.0.sql
 PG_CPPFLAGS = -I$(srcdir)/src
 # PostgreSQL's own headers trip these -Wextra checks (unused parameters in
 # static inline functions, for one), so they are turned off; the rest of
@@ -39,6 +41,17 @@ EXTRA_CLEAN = tmp_check results regression.diffs regression.out
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# pg_buildext builds out of tree (VPATH), where the object directory does
+# not exist yet.
+ifdef VPATH
+$(shell mkdir -p src)
+endif
+
+# scripts/test checks that pg_regress ran every test listed here.
+.PHONY: print-regress
+print-regress:
+	@echo $(REGRESS)
 
 # --- Reliability and security checks (issue 8); not part of scripts/test ---
 #

@@ -10,7 +10,7 @@
 #ifndef ANTHROPIC_ENV_H
 #define ANTHROPIC_ENV_H
 
-#define AE_VERSION_STRING "0.1.0"
+#define AE_VERSION_STRING "0.2.0"
 
 extern char *ae_api_key;
 extern char *ae_environment_key;

@@ -191,7 +191,11 @@ ae_sync_worker_main(Datum arg)
 
 	SpinLockAcquire(&ae_sync_shared->mutex);
 	ae_sync_shared->pid = MyProcPid;
+#if PG_VERSION_NUM >= 170000
+	ae_sync_shared->procno = MyProcNumber;
+#else
 	ae_sync_shared->procno = MyProc->pgprocno;
+#endif
 	ae_sync_shared->next_run = GetCurrentTimestamp();
 	SpinLockRelease(&ae_sync_shared->mutex);
 	before_shmem_exit(worker_detach, (Datum) 0);

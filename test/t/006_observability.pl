@@ -43,7 +43,9 @@ for (1 .. 100)
 	last if $wait ne '';
 	usleep(50_000);
 }
-is($wait, 'Extension/Extension', 'a slow call shows the Extension wait event');
+# Extensions may name their wait events from PostgreSQL 17 on.
+is($wait, $node->pg_version >= 17 ? 'Extension/AnthropicApiRequest' : 'Extension/Extension',
+	'a slow call shows the extension\'s wait event');
 $bg->quit;
 
 # anthropic.log_requests: one line per attempt, no key, no body.
