@@ -9,6 +9,12 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
+# Debian does not package pg_cron for every major (none for 19 yet).
+my $pkglibdir = `pg_config --pkglibdir`;
+chomp $pkglibdir;
+plan skip_all => "pg_cron is not installed for this PostgreSQL major ($pkglibdir)"
+  unless -f "$pkglibdir/pg_cron.so";
+
 my $fake = FakeApi->start;
 $fake->bulk(30);
 my $node = $fake->new_node('cron',
