@@ -7,6 +7,7 @@ use FakeApi;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(time);
 
 my $readme = slurp_file("$ENV{TESTDIR}/../../README.md");
 my ($block) = $readme =~ /<!-- worker-procedure:begin -->\s*```sql\n(.*?)```\s*<!-- worker-procedure:end -->/s;
@@ -64,6 +65,18 @@ for my $id (@items)
 	my @stops = grep { $_->{path} =~ m{/work/\Q$id\E/stop$} } @log;
 	is($stops[0]{body}, '{"force":true}', 'stopped with force');
 }
+
+# A session shorter than the beat interval ends on time: with the server's
+# default lease (beats 30 s apart) two 1-second items take seconds, not a
+# minute.
+my @short = map { $fake->call('POST', "/_fake/environments/$env/work", {})->{id} } 1 .. 2;
+my $t0 = time;
+$node->safe_psql('postgres',
+	"CALL run_environment_worker('$env', 'db-worker-1', max_items => 2, session_seconds => 1)");
+my $took = time - $t0;
+cmp_ok($took, '<', 12, sprintf('two 1-second sessions with a 30 s beat interval took %.1f s', $took));
+is($node->safe_psql('postgres', "SELECT state FROM anthropic.work_get('$env', '$_')"), 'stopped',
+	'a short session ends stopped') for @short;
 
 # A lost lease (412 on the second beat) releases the item without stopping it.
 my $lost = $fake->call('POST', "/_fake/environments/$env/work", {})->{id};

@@ -98,7 +98,8 @@ sub DESTROY { $_[0]->stop; }
 # A PostgreSQL::Test::Cluster node with the extension preloaded and pointed
 # at this fake.  The key goes into postgresql.conf, never into SQL text;
 # key_via => 'env' passes it in the server's environment instead (which
-# PostgreSQL itself logs at log_min_messages >= debug3).
+# PostgreSQL itself logs at log_min_messages >= debug3); create => 0 leaves
+# CREATE EXTENSION to the test.
 sub new_node
 {
 	my ($self, $name, %opts) = @_;
@@ -114,7 +115,7 @@ sub new_node
 	local $ENV{ANTHROPIC_API_KEY} = $via_env ? $key : undef;
 	delete $ENV{ANTHROPIC_API_KEY} unless $via_env;
 	$node->start;
-	$node->safe_psql('postgres', 'CREATE EXTENSION anthropic_env');
+	$node->safe_psql('postgres', 'CREATE EXTENSION anthropic_env') if $opts{create} // 1;
 	return $node;
 }
 
