@@ -1,4 +1,4 @@
-# pg_cron (Debian's postgresql-15-cron), preloaded next to anthropic_env,
+# pg_cron (Debian's postgresql-NN-cron), preloaded next to anthropic_env,
 # runs SELECT anthropic.sync() on schedule instead of the worker.
 use strict;
 use warnings;
