@@ -19,6 +19,7 @@
 
 #include "anthropic_env.h"
 #include "convert.h"
+#include "envkeys.h"
 #include "redact.h"
 #include "stats.h"
 #include "worker.h"
@@ -54,6 +55,7 @@ _PG_init(void)
 	ae_define_gucs();
 	ae_jansson_use_palloc();
 	ae_redact_install();
+	ae_envkeys_install();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
