@@ -162,3 +162,156 @@ END;
 $$;
 COMMENT ON FUNCTION anthropic.sync(boolean, integer) IS
 	'One full sync of the mirror in the caller''s transaction; with raise_on_error => false a failure is recorded in sync_runs and returned instead of raised; with anthropic.sync_work an environment whose work list fails (401, 403, 404) is recorded in environment_errors and the rest commits';
+
+-- The lease keeper ----------------------------------------------------------
+--
+-- Two background workers in anthropic.sync_database poll the served
+-- environments on demand, ack, and keep the lease of every item held;
+-- sessions claim items with work_claim() and finish them with
+-- work_finish(), which takes effect at commit.  README "The database as an
+-- environment worker".
+
+CREATE TABLE anthropic.served_environments (
+	environment_id text PRIMARY KEY,
+	prefetch integer NOT NULL DEFAULT 0 CHECK (prefetch BETWEEN 0 AND 100),
+	worker_id text,
+	served_since timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE anthropic.served_environments IS
+	'Environments this database works for (anthropic.serve); the lease keeper polls them on demand';
+SELECT pg_catalog.pg_extension_config_dump('anthropic.served_environments', '');
+
+-- The keeper's record of the items it holds, read back after a restart.
+-- Not dumped: leases belong to this server and are worthless elsewhere.
+CREATE TABLE anthropic.held_work (
+	work_id text PRIMARY KEY,
+	environment_id text NOT NULL,
+	data_type text,
+	data_id text,
+	metadata jsonb,
+	state text NOT NULL CHECK (state IN ('ready', 'claimed', 'stop_requested', 'finished', 'lost')),
+	consumer text,
+	claimed_pid integer,
+	taken_at timestamptz,
+	claimed_at timestamptz,
+	last_beat_at timestamptz,
+	lease_expires_at timestamptz,
+	last_heartbeat text,
+	ttl_seconds integer,
+	remote_state text,
+	stop_sent_at timestamptz,
+	done_at timestamptz,
+	error text,
+	healthcheck boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE anthropic.held_work IS
+	'Internal: the lease keeper''s record of the items it holds, read back after a restart; read anthropic.leases instead';
+
+-- UNLOGGED: in no WAL, no base backup, no standby; not in pg_dump (no
+-- config_dump); crash recovery empties it, and the keeper then releases
+-- the items whose secret is gone.
+CREATE UNLOGGED TABLE anthropic.work_secrets (
+	work_id text PRIMARY KEY,
+	secret text NOT NULL
+);
+COMMENT ON TABLE anthropic.work_secrets IS
+	'Internal: the secret of each held item, handed out only by anthropic.work_claim; UNLOGGED, so in no WAL, base backup or dump';
+REVOKE ALL ON anthropic.served_environments, anthropic.held_work, anthropic.work_secrets FROM PUBLIC;
+
+CREATE TYPE anthropic.claimed_work AS (
+	work_id text,
+	environment_id text,
+	data_type text,
+	data_id text,
+	metadata jsonb,
+	secret text,
+	claimed_at timestamptz,
+	lease_expires_at timestamptz
+);
+COMMENT ON TYPE anthropic.claimed_work IS
+	'A work item claimed by this session with anthropic.work_claim, with its secret';
+
+CREATE FUNCTION anthropic.serve(environment_id text, prefetch integer DEFAULT 0, worker_id text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF environment_id IS NULL OR environment_id = '' OR environment_id ~ '[/?#[:cntrl:]]'
+		OR environment_id IN ('.', '..') OR environment_id LIKE ';%' THEN
+		RAISE EXCEPTION 'invalid environment_id' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF prefetch IS NULL OR prefetch NOT BETWEEN 0 AND 100 THEN
+		RAISE EXCEPTION 'prefetch must be between 0 and 100' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF worker_id = '' OR worker_id ~ '[[:cntrl:]]' THEN
+		RAISE EXCEPTION 'invalid worker_id' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO anthropic.served_environments AS s (environment_id, prefetch, worker_id)
+	VALUES (serve.environment_id, serve.prefetch, serve.worker_id)
+	ON CONFLICT ON CONSTRAINT served_environments_pkey DO UPDATE
+		SET prefetch = EXCLUDED.prefetch, worker_id = EXCLUDED.worker_id;
+END;
+$$;
+COMMENT ON FUNCTION anthropic.serve(text, integer, text) IS
+	'This database works for the environment: the lease keeper polls it while sessions wait in work_claim or fewer than prefetch items are ready';
+
+CREATE FUNCTION anthropic.unserve(environment_id text)
+RETURNS boolean
+LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH d AS (DELETE FROM anthropic.served_environments s WHERE s.environment_id = unserve.environment_id RETURNING 1)
+	SELECT count(*) > 0 FROM d;
+$$;
+COMMENT ON FUNCTION anthropic.unserve(text) IS
+	'Stops polling the environment; items already held keep their leases until finished';
+
+CREATE FUNCTION anthropic.work_claim(environment_id text, wait interval DEFAULT '0', consumer text DEFAULT NULL)
+RETURNS SETOF anthropic.claimed_work
+AS 'MODULE_PATHNAME', 'ae_work_claim'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION anthropic.work_claim(text, interval, text) IS
+	'Zero or one ready item of a served environment, claimed by this session; waits up to wait (interruptibly)';
+
+CREATE FUNCTION anthropic.work_finish(work_id text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'ae_work_finish'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION anthropic.work_finish(text) IS
+	'Finishes a claimed item when the transaction commits (the keeper then stops it); raises 40001 if the lease is no longer held, so the results roll back';
+
+CREATE FUNCTION anthropic.work_release(work_id text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'ae_work_release'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION anthropic.work_release(text) IS
+	'Hands a claimed item back to the local queue at once; its lease is kept';
+
+CREATE FUNCTION anthropic.work_should_stop(work_id text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'ae_work_should_stop'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION anthropic.work_should_stop(text) IS
+	'True when the item''s lease is lost, a stop was requested, or it is not held: a local read, no request';
+
+CREATE FUNCTION anthropic._leases(
+	OUT work_id text, OUT environment_id text, OUT data_type text, OUT data_id text,
+	OUT state text, OUT consumer text, OUT claimed_pid integer, OUT taken_at timestamptz,
+	OUT claimed_at timestamptz, OUT last_beat_at timestamptz, OUT lease_expires_at timestamptz,
+	OUT remote_state text, OUT stop_sent_at timestamptz, OUT error text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'ae_leases_rows'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION anthropic._leases() IS
+	'Internal: row source of anthropic.leases';
+
+CREATE VIEW anthropic.leases AS SELECT * FROM anthropic._leases();
+COMMENT ON VIEW anthropic.leases IS
+	'One row per work item the database holds: ready, claimed, stop_requested, finished or lost; never the secret';
+
+REVOKE ALL ON FUNCTION anthropic.serve(text, integer, text), anthropic.unserve(text),
+	anthropic.work_claim(text, interval, text), anthropic.work_finish(text),
+	anthropic.work_release(text), anthropic.work_should_stop(text), anthropic._leases()
+	FROM PUBLIC;
