@@ -193,10 +193,11 @@ emit_claim(ReturnSetInfo *rsinfo, const AeLease *l)
 	bool		nulls[8] = {0};
 
 	args[0] = CStringGetTextDatum(l->work_id);
+	/* Not read-only: a fresh snapshot sees the row the poller committed while we waited. */
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT h.metadata, s.secret FROM anthropic.held_work h "
 							  "LEFT JOIN anthropic.work_secrets s USING (work_id) WHERE h.work_id = $1",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read anthropic.held_work");
 	values[0] = CStringGetTextDatum(l->work_id);
 	values[1] = CStringGetTextDatum(l->environment_id);
