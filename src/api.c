@@ -391,22 +391,35 @@ ae_api_call(const AeCall *call)
 	return result;
 }
 
+/* Prepares every call of a batch; the answers go into *resps. */
+static void
+prepare_batch(const AeCall *calls, int n, AePrepared **p, AeHttpRequest **reqs,
+			  AeHttpResponse **resps)
+{
+	int			i;
+
+	*p = palloc(sizeof(AePrepared) * n);
+	*reqs = palloc(sizeof(AeHttpRequest) * n);
+	*resps = palloc(sizeof(AeHttpResponse) * n);
+	for (i = 0; i < n; i++)
+	{
+		prepare_call(&calls[i], &(*p)[i]);
+		(*reqs)[i] = (*p)[i].req;
+	}
+}
+
 void
 ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out)
 {
-	AePrepared *p = palloc(sizeof(AePrepared) * Max(n, 1));
-	AeHttpRequest *reqs = palloc(sizeof(AeHttpRequest) * Max(n, 1));
-	AeHttpResponse *resps = palloc(sizeof(AeHttpResponse) * Max(n, 1));
+	AePrepared *p;
+	AeHttpRequest *reqs;
+	AeHttpResponse *resps;
 	MemoryContext cxt = CurrentMemoryContext;
 	int			i;
 
-	for (i = 0; i < n; i++)
-	{
-		prepare_call(&calls[i], &p[i]);
-		reqs[i] = p[i].req;
-	}
 	if (n == 0)
 		return;
+	prepare_batch(calls, n, &p, &reqs, &resps);
 	ae_http_execute_each(reqs, resps, n, Min(concurrency, AE_MAX_CONCURRENCY));
 
 	for (i = 0; i < n; i++)
@@ -447,21 +460,17 @@ batch_fatal_status(long status)
 void
 ae_api_call_many(const AeCall *calls, int n, int concurrency, json_t **results)
 {
-	AePrepared *p = palloc(sizeof(AePrepared) * Max(n, 1));
-	AeHttpRequest *reqs = palloc(sizeof(AeHttpRequest) * Max(n, 1));
-	AeHttpResponse *resps = palloc(sizeof(AeHttpResponse) * Max(n, 1));
+	AePrepared *p;
+	AeHttpRequest *reqs;
+	AeHttpResponse *resps;
 	AeErrorContext batch_ctx;
 	ErrorContextCallback errcb;
 	int			stopped;
 	int			i;
 
-	for (i = 0; i < n; i++)
-	{
-		prepare_call(&calls[i], &p[i]);
-		reqs[i] = p[i].req;
-	}
 	if (n == 0)
 		return;
+	prepare_batch(calls, n, &p, &reqs, &resps);
 
 	batch_ctx.method = p[0].ctx.method;
 	batch_ctx.path = psprintf("%s (one of a batch of %d)", p[0].ctx.path, n);
