@@ -361,6 +361,7 @@ finish_xact_callback(XactEvent event, void *arg)
 				{
 					l->state = AE_LEASE_FINISHED;
 					l->claimed_pid = 0;
+					l->next_beat_at = 0;	/* the stop goes out at once */
 					l->done_at = GetCurrentTimestamp();
 					l->dirty = true;
 				}
@@ -465,6 +466,7 @@ ae_work_release(PG_FUNCTION_ARGS)
 			ready = true;
 		}
 		l->claimed_pid = 0;
+		l->next_beat_at = 0;
 		l->dirty = true;
 	}
 	LWLockRelease(ae_leases->lock);

@@ -525,6 +525,8 @@ reap_dead_sessions(void)
 			continue;
 		l->claimed_pid = 0;
 		l->dirty = true;
+		if (l->state == AE_LEASE_STOP_REQUESTED)
+			l->next_beat_at = 0;
 		if (l->state == AE_LEASE_CLAIMED)
 		{
 			mark(l, AE_LEASE_READY, NULL);
@@ -577,8 +579,11 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 		}
 		l->next_beat_at = TimestampTzPlusMilliseconds(now, beat_interval_ms(l->ttl_seconds));
 		if (!extended || (state && (strcmp(state, "stopping") == 0 || strcmp(state, "stopped") == 0)))
+		{
+			l->next_beat_at = 0;
 			mark(l, AE_LEASE_STOP_REQUESTED,
 				 extended ? "the server asked to stop the item" : "the server did not extend the lease");
+		}
 		return;
 	}
 	if (o->status == 412 || o->status == 404)
