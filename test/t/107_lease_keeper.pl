@@ -18,19 +18,7 @@ $node->safe_psql('postgres', $FakeApi::T_TRY);
 
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 
-sub poll_until
-{
-	my ($sql, $want, $seconds) = @_;
-	my $got = '';
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		$got = $node->safe_psql('postgres', $sql);
-		return $got if $got eq $want;
-		usleep(50_000);
-	}
-	return $got;
-}
+sub poll_until { return FakeApi::poll_until($node, @_); }
 
 sub enqueue { return $fake->call('POST', "/_fake/environments/$_[0]/work", $_[1] // {})->{id}; }
 sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
