@@ -13,6 +13,7 @@ use Time::HiRes qw(time usleep);
 my $fake = FakeApi->start;
 $fake->call('POST', '/_fake/lease', { ttl_seconds => 2 });
 my $node = $fake->new_node('keeper',
+	init => { allows_streaming => 1 },
 	conf => "anthropic.sync_database = 'postgres'\nanthropic.sync_interval = '1h'\nrestart_after_crash = on\n");
 $node->safe_psql('postgres', $FakeApi::T_TRY);
 
@@ -164,6 +165,17 @@ $node->stop('immediate');
 $node->start;
 like(poll_until("SELECT state || ' ' || error FROM anthropic.leases WHERE work_id = '$w5'", 'x', 5),
 	qr/^lost the secret was lost in a crash/, 'after a crash the item is lost');
+
+# Rule 9: nothing runs on a standby.
+$node->backup('b');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($node, 'b', has_streaming => 1);
+$standby->start;
+sleep 2;
+is($standby->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}),
+	'0', 'neither keeper process runs on a standby');
+is($standby->safe_psql('postgres', 'SELECT count(*) FROM anthropic.leases'), '0', 'and it holds no lease');
+$standby->stop;
 
 # Privileges: nothing for PUBLIC; the view has no secret.
 sq('CREATE ROLE plain LOGIN');
