@@ -21,7 +21,11 @@ OBJS = \
 	src/work.o \
 	src/worker.o \
 	src/stats.o \
-	src/redact.o
+	src/redact.o \
+	src/envkeys.o \
+	src/leases.o \
+	src/claim.o \
+	src/keeper.o
 
 # 0.1.0 stays exactly as released; every later change is an upgrade step,
 # and CREATE EXTENSION at 0.2.0 runs 0.1.0 followed by the steps.

@@ -19,6 +19,9 @@
 
 #include "anthropic_env.h"
 #include "convert.h"
+#include "envkeys.h"
+#include "keeper.h"
+#include "leases.h"
 #include "redact.h"
 #include "stats.h"
 #include "worker.h"
@@ -36,6 +39,7 @@ ae_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	ae_worker_shmem_request();
+	ae_leases_shmem_request();
 	ae_stats_shmem_request();
 }
 
@@ -45,6 +49,7 @@ ae_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	ae_worker_shmem_startup();
+	ae_leases_shmem_startup();
 	ae_stats_shmem_startup();
 }
 
@@ -54,6 +59,7 @@ _PG_init(void)
 	ae_define_gucs();
 	ae_jansson_use_palloc();
 	ae_redact_install();
+	ae_envkeys_install();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -63,4 +69,5 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = ae_shmem_startup;
 	ae_worker_register();
+	ae_keeper_register();
 }

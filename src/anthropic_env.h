@@ -14,6 +14,7 @@
 
 extern char *ae_api_key;
 extern char *ae_environment_key;
+extern char *ae_environment_keys_file;
 extern char *ae_base_url;
 extern char *ae_api_version;
 extern char *ae_beta;

@@ -20,6 +20,7 @@
 
 #include "api.h"
 #include "convert.h"
+#include "envkeys.h"
 #include "http.h"
 
 typedef struct AeEndpoint
@@ -319,6 +320,9 @@ prepare_call(const AeCall *call, AePrepared *p)
 	p->req.credential = ep->credential;
 	p->req.workspace = ep->workspace;
 	p->req.retry = ep->retry;
+	/* Work calls of every environment take that environment's own key. */
+	if (ep->credential == AE_CRED_ENVIRONMENT)
+		p->req.bearer_key = ae_envkeys_lookup(call->args[0]);
 	p->req.extra_timeout_ms = call->extra_timeout_ms;
 	if (call->worker_id)
 		p->req.worker_id = pg_server_to_any(call->worker_id, strlen(call->worker_id), PG_UTF8);
@@ -387,6 +391,65 @@ ae_api_call(const AeCall *call)
 	return result;
 }
 
+/* Prepares every call of a batch; the answers go into *resps. */
+static void
+prepare_batch(const AeCall *calls, int n, AePrepared **p, AeHttpRequest **reqs,
+			  AeHttpResponse **resps)
+{
+	int			i;
+
+	*p = palloc(sizeof(AePrepared) * n);
+	*reqs = palloc(sizeof(AeHttpRequest) * n);
+	*resps = palloc(sizeof(AeHttpResponse) * n);
+	for (i = 0; i < n; i++)
+	{
+		prepare_call(&calls[i], &(*p)[i]);
+		(*reqs)[i] = (*p)[i].req;
+	}
+}
+
+void
+ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out)
+{
+	AePrepared *p;
+	AeHttpRequest *reqs;
+	AeHttpResponse *resps;
+	MemoryContext cxt = CurrentMemoryContext;
+	int			i;
+
+	if (n == 0)
+		return;
+	prepare_batch(calls, n, &p, &reqs, &resps);
+	ae_http_execute_each(reqs, resps, n, Min(concurrency, AE_MAX_CONCURRENCY));
+
+	for (i = 0; i < n; i++)
+	{
+		ErrorContextCallback errcb;
+
+		out[i].answer = NULL;
+		out[i].error = NULL;
+		out[i].status = resps[i].status;
+		push_context(&errcb, &p[i].ctx);
+		PG_TRY();
+		{
+			if (resps[i].status == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("Anthropic API request failed in transport"),
+						 errdetail_internal("%s", resps[i].transport_error)));
+			out[i].answer = finish_call(&calls[i], &resps[i]);
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			out[i].error = CopyErrorData();
+			FlushErrorState();
+		}
+		PG_END_TRY();
+		error_context_stack = errcb.previous;
+	}
+}
+
 /* A batch stops at the first final answer that is neither 2xx nor 404. */
 static bool
 batch_fatal_status(long status)
@@ -397,21 +460,17 @@ batch_fatal_status(long status)
 void
 ae_api_call_many(const AeCall *calls, int n, int concurrency, json_t **results)
 {
-	AePrepared *p = palloc(sizeof(AePrepared) * Max(n, 1));
-	AeHttpRequest *reqs = palloc(sizeof(AeHttpRequest) * Max(n, 1));
-	AeHttpResponse *resps = palloc(sizeof(AeHttpResponse) * Max(n, 1));
+	AePrepared *p;
+	AeHttpRequest *reqs;
+	AeHttpResponse *resps;
 	AeErrorContext batch_ctx;
 	ErrorContextCallback errcb;
 	int			stopped;
 	int			i;
 
-	for (i = 0; i < n; i++)
-	{
-		prepare_call(&calls[i], &p[i]);
-		reqs[i] = p[i].req;
-	}
 	if (n == 0)
 		return;
+	prepare_batch(calls, n, &p, &reqs, &resps);
 
 	batch_ctx.method = p[0].ctx.method;
 	batch_ctx.path = psprintf("%s (one of a batch of %d)", p[0].ctx.path, n);

@@ -56,6 +56,21 @@ extern json_t *ae_api_call(const AeCall *call);
  */
 extern void ae_api_call_many(const AeCall *calls, int n, int concurrency, json_t **results);
 
+/* One answer of ae_api_call_each(). */
+typedef struct AeCallOutcome
+{
+	json_t	   *answer;			/* as ae_api_call would return it */
+	ErrorData  *error;			/* what ae_api_call would raise, or NULL */
+	long		status;			/* HTTP status; 0 for a transport failure */
+} AeCallOutcome;
+
+/*
+ * Sends n calls with at most `concurrency` in flight and reports each
+ * one's outcome instead of raising: one failing call costs the others
+ * nothing.  Interrupts still raise.
+ */
+extern void ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out);
+
 /* Raises 22023 unless id is acceptable as a path segment. */
 extern void ae_check_id(const char *argname, const char *id);
 

@@ -24,6 +24,7 @@
 
 char	   *ae_api_key = NULL;
 char	   *ae_environment_key = NULL;
+char	   *ae_environment_keys_file = NULL;
 char	   *ae_base_url = NULL;
 char	   *ae_api_version = NULL;
 char	   *ae_beta = NULL;
@@ -287,6 +288,14 @@ ae_define_gucs(void)
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   check_key, assign_header_setting, show_environment_key);
+
+	/* Not a key itself, but superuser-only: it says where the keys are. */
+	DefineCustomStringVariable("anthropic.environment_keys_file",
+							   "File of per-environment keys: lines of \"environment_id key\".",
+							   "Must be owned by the server's user with mode 0600; empty sends anthropic.environment_key to every environment.",
+							   &ae_environment_keys_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_header_value, NULL, NULL);
 
 	DefineCustomStringVariable("anthropic.base_url",
 							   "Base URL of the Anthropic API.",

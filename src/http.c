@@ -318,7 +318,8 @@ check_request_allowed(const AeHttpRequest *req)
 				 errmsg("anthropic.base_url is not allowed"),
 				 errdetail("%s", msg)));
 	if (ae_headers.api_key == NULL &&
-		!(req->credential == AE_CRED_ENVIRONMENT && ae_headers.bearer != NULL))
+		!(req->credential == AE_CRED_ENVIRONMENT &&
+		  (ae_headers.bearer != NULL || req->bearer_key != NULL)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("no Anthropic API key is configured"),
@@ -458,6 +459,19 @@ raise_transport_error(AeTransfer *t)
 			 errdetail("Attempts: %d. %s", t->attempt, detail)));
 }
 
+/* What raise_transport_error() would say, as text, for a batch that goes on. */
+static char *
+transport_error_text(AeTransfer *t)
+{
+	if (t->body.too_large)
+		return psprintf("response exceeds anthropic.max_response_bytes (%d bytes)",
+						ae_max_response_bytes);
+	if (t->failure == CURLE_OPERATION_TIMEDOUT)
+		return psprintf("timed out after %ld ms (attempts: %d)", t->timeout_ms, t->attempt);
+	return psprintf("%s (attempts: %d)",
+					t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->failure), t->attempt);
+}
+
 /* anthropic.log_requests: one line per attempt, never headers or bodies. */
 static void
 log_attempt(const AeTransfer *t, CURLcode rc, long status, const char *request_id)
@@ -513,7 +527,9 @@ transfer_init(AeTransfer *t, const AeHttpRequest *req, AeHttpResponse *resp, CUR
 	PUSH_HEADER(ae_headers.beta);
 	PUSH_HEADER(ae_headers.version);
 	PUSH_HEADER("Accept: application/json");
-	if (req->credential == AE_CRED_ENVIRONMENT && ae_headers.bearer)
+	if (req->credential == AE_CRED_ENVIRONMENT && req->bearer_key)
+		PUSH_HEADER(psprintf("Authorization: Bearer %s", req->bearer_key));
+	else if (req->credential == AE_CRED_ENVIRONMENT && ae_headers.bearer)
 		PUSH_HEADER(ae_headers.bearer);
 	else
 		PUSH_HEADER(ae_headers.api_key);
@@ -725,7 +741,7 @@ start_transfer(AeTransfer *ts, int n, int i, int concurrency, bool pooled)
  */
 static pg_noinline int
 transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
-			  bool (*stop_at) (long status))
+			  bool (*stop_at) (long status), bool keep_going)
 {
 	int			next = 0;		/* first transfer never started */
 
@@ -797,6 +813,14 @@ transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
 				if (r == AE_ATTEMPT_RETRY)
 					continue;
 				t->finished = true;
+				if (r == AE_ATTEMPT_FAILED && keep_going)
+				{
+					t->resp->status = 0;
+					t->resp->attempts = t->attempt;
+					t->resp->transport_error = transport_error_text(t);
+					reset_easy_handle(t->easy);
+					continue;
+				}
 				if (r == AE_ATTEMPT_FAILED)
 					return -2 - (int) (t - ts);
 				if (stop_at && stop_at(t->resp->status))
@@ -842,14 +866,14 @@ stop_transfers(AeTransfer *ts, int n)
  */
 static int
 run_transfers(AeTransfer *ts, int n, int concurrency, bool pooled,
-			  bool (*stop_at) (long status))
+			  bool (*stop_at) (long status), bool keep_going)
 {
 	volatile int result = -1;
 
 	pgstat_report_wait_start(request_wait_event());
 	PG_TRY();
 	{
-		result = transfer_loop(ts, n, concurrency, pooled, stop_at);
+		result = transfer_loop(ts, n, concurrency, pooled, stop_at, keep_going);
 	}
 	PG_CATCH();
 	{
@@ -878,12 +902,12 @@ ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp)
 	refresh_header_cache();
 	check_request_allowed(req);
 	transfer_init(&t, req, resp, ae_easy);
-	(void) run_transfers(&t, 1, 1, false, NULL);
+	(void) run_transfers(&t, 1, 1, false, NULL, false);
 }
 
-int
-ae_http_execute_many(const AeHttpRequest *reqs, AeHttpResponse *resps, int n,
-					 int concurrency, bool (*stop_at) (long status))
+static int
+execute_batch(const AeHttpRequest *reqs, AeHttpResponse *resps, int n,
+			  int concurrency, bool (*stop_at) (long status), bool keep_going)
 {
 	AeTransfer *ts;
 	int			i;
@@ -904,5 +928,19 @@ ae_http_execute_many(const AeHttpRequest *reqs, AeHttpResponse *resps, int n,
 		transfer_init(&ts[i], &reqs[i], &resps[i], NULL);
 
 	/* Each transfer borrows a free pool handle for each attempt. */
-	return run_transfers(ts, n, concurrency, true, stop_at);
+	return run_transfers(ts, n, concurrency, true, stop_at, keep_going);
+}
+
+int
+ae_http_execute_many(const AeHttpRequest *reqs, AeHttpResponse *resps, int n,
+					 int concurrency, bool (*stop_at) (long status))
+{
+	return execute_batch(reqs, resps, n, concurrency, stop_at, false);
+}
+
+void
+ae_http_execute_each(const AeHttpRequest *reqs, AeHttpResponse *resps, int n,
+					 int concurrency)
+{
+	(void) execute_batch(reqs, resps, n, concurrency, NULL, true);
 }

@@ -42,6 +42,7 @@ typedef struct AeHttpRequest
 	AeCredential credential;
 	bool		workspace;		/* send anthropic-workspace-id if set */
 	const char *worker_id;		/* anthropic-worker-id, or NULL */
+	const char *bearer_key;		/* this environment's own key, or NULL */
 	AeRetryClass retry;
 	int			extra_timeout_ms;	/* a long poll's block_ms */
 } AeHttpRequest;
@@ -54,6 +55,7 @@ typedef struct AeHttpResponse
 	char		request_id[128];
 	bool		json_content;	/* content type is application/json */
 	int			attempts;
+	char	   *transport_error;	/* ae_http_execute_each(): why status is 0 */
 } AeHttpResponse;
 
 /*
@@ -76,5 +78,16 @@ extern void ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp);
  */
 extern int	ae_http_execute_many(const AeHttpRequest *reqs, AeHttpResponse *resps, int n,
 								 int concurrency, bool (*stop_at) (long status));
+
+/*
+ * Performs n requests with at most `concurrency` in flight, each with the
+ * retry policy, until every one has its final answer.  A transport failure
+ * ends only its own request: its answer has status 0 and transport_error
+ * says why.  For callers that must act on each answer, such as a lease
+ * keeper beating hundreds of leases, where one bad item must not cost the
+ * others their beat.  Interrupts stop everything at any point.
+ */
+extern void ae_http_execute_each(const AeHttpRequest *reqs, AeHttpResponse *resps, int n,
+								 int concurrency);
 
 #endif							/* AE_HTTP_H */

@@ -46,6 +46,9 @@
 #define AE_STATEMENT_MASK "<a statement that sets an Anthropic key, not shown>"
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* Keys that are not settings, in TopMemoryContext. */
+static List *registered_secrets = NIL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 /* Parts of the key settings' names, matched case-insensitively. */
@@ -105,6 +108,20 @@ mask_value(char **s, const char *secret)
 		p = hit + len;
 	}
 	*s = out.data;
+}
+
+void
+ae_redact_register_secret(const char *value)
+{
+	ListCell   *lc;
+	MemoryContext old;
+
+	foreach(lc, registered_secrets)
+		if (strcmp((const char *) lfirst(lc), value) == 0)
+			return;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	registered_secrets = lappend(registered_secrets, pstrdup(value));
+	MemoryContextSwitchTo(old);
 }
 
 /* Masks every "sk-ant-..." token: the shape of Anthropic keys. */
@@ -248,6 +265,7 @@ static void
 redact_field(char **field, bool may_be_statement)
 {
 	const char *api_key = ae_effective_api_key();
+	ListCell   *lc;
 
 	if (*field == NULL)
 		return;
@@ -255,6 +273,8 @@ redact_field(char **field, bool may_be_statement)
 		mask_value(field, api_key);
 	if (ae_environment_key && *ae_environment_key)
 		mask_value(field, ae_environment_key);
+	foreach(lc, registered_secrets)
+		mask_value(field, (const char *) lfirst(lc));
 	mask_key_shapes(field);
 	if (may_be_statement && mask_statement(field))
 		return;
@@ -266,6 +286,7 @@ static bool
 holds_key(const char *text)
 {
 	const char *api_key = ae_effective_api_key();
+	ListCell   *lc;
 
 	if (text == NULL)
 		return false;
@@ -274,6 +295,9 @@ holds_key(const char *text)
 	if (ae_environment_key && strlen(ae_environment_key) >= 8 &&
 		strstr(text, ae_environment_key))
 		return true;
+	foreach(lc, registered_secrets)
+		if (strlen((const char *) lfirst(lc)) >= 8 && strstr(text, (const char *) lfirst(lc)))
+			return true;
 	return strstr(text, "sk-ant-") != NULL || names_key_setting(text);
 }
 

@@ -471,6 +471,64 @@ class TestAuthAndHeaders(Base):
         # the API key works on the work endpoints too
         self.assertEqual(self.c.req("GET", "/v1/environments/%s/work/poll" % eid).status, 200)
 
+    def test_per_environment_key(self):
+        a = self.create({"name": "a", "config": {"type": "self_hosted"}})["id"]
+        b = self.create({"name": "b", "config": {"type": "self_hosted"}})["id"]
+        self.assertError(self.fake("POST", "/_fake/environments/env_nope/key", {"key": "k-a"}), 404,
+                         "not_found_error")
+        for bad_key in ("", 5, ["x"]):
+            with self.subTest(key=bad_key):
+                self.assertError(self.fake("POST", "/_fake/environments/%s/key" % a, {"key": bad_key}), 400,
+                                 "invalid_request_error")
+        self.assertEqual(self.fake("POST", "/_fake/environments/%s/key" % a, {"key": "key-of-a-123"}).status, 200)
+        wa = self.enqueue(a)
+        wb = self.enqueue(b)
+        ka = Client(SRV.port, auth="bearer", key="key-of-a-123")
+        kenv = Client(SRV.port, auth="bearer", key=ENV_KEY)
+        try:
+            # the API key, the global environment key and x-api-key forms no longer open a's queue
+            for client in (self.c, kenv, Client(SRV.port, key="key-of-a-123")):
+                for method, path in (("GET", "/work/poll"), ("GET", "/work"),
+                                     ("POST", "/work/%s/ack" % wa["id"]),
+                                     ("POST", "/work/%s/heartbeat" % wa["id"]),
+                                     ("POST", "/work/%s/stop" % wa["id"])):
+                    with self.subTest(path=path, client=client.defaults):
+                        self.assertError(client.req(method, "/v1/environments/" + a + path,
+                                                    {} if path.endswith("stop") else None),
+                                         401, "authentication_error")
+            # a's key opens a's queue only
+            p = ka.req("GET", "/v1/environments/%s/work/poll" % a)
+            self.assertEqual(p.json["id"], wa["id"])
+            self.assertEqual(ka.req("GET", "/v1/environments/%s/work" % a).status, 200)
+            self.assertEqual(ka.req("POST", "/v1/environments/%s/work/%s/ack" % (a, wa["id"])).status, 200)
+            self.assertError(ka.req("GET", "/v1/environments/%s/work/poll" % b), 401, "authentication_error")
+            self.assertError(ka.req("GET", "/v1/environments/" + a), 401, "authentication_error")
+            # b without a key of its own keeps the old rules
+            self.assertEqual(kenv.req("GET", "/v1/environments/%s/work/poll" % b).json["id"], wb["id"])
+            # get, update and stats of a still take the API key
+            self.assertEqual(self.c.req("GET", "/v1/environments/%s/work/stats" % a).status, 200)
+            self.assertEqual(self.c.req("GET", "/v1/environments/%s/work/%s" % (a, wa["id"])).status, 200)
+            # the item's sessions token still works on heartbeat and stop
+            secret = json.loads(base64.urlsafe_b64decode(p.json["secret"] + "=" * (-len(p.json["secret"]) % 4)))
+            t = Client(SRV.port, auth="bearer", key=secret["sessions_token"])
+            try:
+                r = t.req("POST", "/v1/environments/%s/work/%s/heartbeat?expected_last_heartbeat=NO_HEARTBEAT"
+                          % (a, wa["id"]))
+                self.assertEqual(r.status, 200, r)
+                self.assertError(t.req("GET", "/v1/environments/%s/work/poll" % a), 401, "authentication_error")
+            finally:
+                t.close()
+            # taking the key away restores the API key; reset forgets keys
+            self.assertEqual(self.fake("POST", "/_fake/environments/%s/key" % a, {"key": None}).status, 200)
+            self.assertEqual(self.c.req("GET", "/v1/environments/%s/work" % a).status, 200)
+            self.fake("POST", "/_fake/environments/%s/key" % a, {"key": "key-of-a-123"})
+            self.fake("POST", "/_fake/reset")
+            a2 = self.create({"name": "a", "config": {"type": "self_hosted"}})["id"]
+            self.assertEqual(self.c.req("GET", "/v1/environments/%s/work" % a2).status, 200)
+        finally:
+            ka.close()
+            kenv.close()
+
     def test_sessions_token(self):
         eid = self.create({"name": "sh", "config": {"type": "self_hosted"}})["id"]
         w1 = self.enqueue(eid)
@@ -780,6 +838,50 @@ class TestWork(Base):
         lost = self.hb(w["id"], h["last_heartbeat"], 1).json
         self.assertEqual((lost["lease_extended"], lost["last_heartbeat"], lost["state"]),
                          (False, h["last_heartbeat"], "active"))
+
+    def test_configurable_lease_ttl(self):
+        for bad_ttl in (0, -1, 601, "2", 1.5, True, None):
+            with self.subTest(ttl=bad_ttl):
+                self.assertError(self.fake("POST", "/_fake/lease", {"ttl_seconds": bad_ttl}), 400,
+                                 "invalid_request_error")
+        self.assertError(self.fake("POST", "/_fake/lease", {"ttl_seconds": 2, "x": 1}), 400,
+                         "invalid_request_error")
+        self.assertEqual(self.fake("POST", "/_fake/lease", {"ttl_seconds": 1}).json, {"ttl_seconds": 1})
+        w = self.enqueue(self.eid)
+        self.c.req("POST", "%s/%s/ack" % (self.base, w["id"]))
+        h = self.hb(w["id"], "NO_HEARTBEAT").json
+        self.assertEqual((h["ttl_seconds"], h["lease_extended"]), (1, True))
+        time.sleep(1.2)
+        lost = self.hb(w["id"], h["last_heartbeat"]).json
+        self.assertEqual((lost["lease_extended"], lost["ttl_seconds"]), (False, 1))
+        # an explicit desired_ttl_seconds still wins, and reset restores 120
+        w2 = self.enqueue(self.eid)
+        self.c.req("POST", "%s/%s/ack" % (self.base, w2["id"]))
+        self.assertEqual(self.hb(w2["id"], "NO_HEARTBEAT", 7).json["ttl_seconds"], 7)
+        self.fake("POST", "/_fake/reset")
+        eid = self.create({"name": "sh", "config": {"type": "self_hosted"}})["id"]
+        w3 = self.enqueue(eid)
+        self.c.req("POST", "/v1/environments/%s/work/%s/ack" % (eid, w3["id"]))
+        r = self.c.req("POST", "/v1/environments/%s/work/%s/heartbeat" % (eid, w3["id"]))
+        self.assertEqual(r.json["ttl_seconds"], 120)
+
+    def test_expire_as_if_given_to_another_worker(self):
+        w = self.enqueue(self.eid)
+        self.assertError(self.fake("POST", "/_fake/environments/%s/work/%s/expire" % (self.eid, w["id"])), 409,
+                         "conflict_error")
+        self.c.req("POST", "%s/%s/ack" % (self.base, w["id"]))
+        h = self.hb(w["id"], "NO_HEARTBEAT").json
+        e = self.fake("POST", "/_fake/environments/%s/work/%s/expire" % (self.eid, w["id"]))
+        self.assertEqual(e.status, 200, e)
+        self.assertNotEqual(e.json["latest_heartbeat_at"], h["last_heartbeat"])
+        r = self.hb(w["id"], h["last_heartbeat"])
+        body = self.assertError(r, 412, "invalid_request_error", "heartbeat_precondition_failed")
+        cs = body["error"]["details"]["current_state"]
+        self.assertEqual(cs["last_heartbeat"], e.json["latest_heartbeat_at"])
+        self.assertNotEqual(cs["last_heartbeat"], h["last_heartbeat"])
+        self.assertEqual(self.fake("POST", "/_fake/environments/%s/work/work_nope/expire" % self.eid).status, 404)
+        # an expired lease is not one the old holder can win back with NO_HEARTBEAT either
+        self.assertEqual(self.hb(w["id"], "NO_HEARTBEAT").status, 412)
 
     def test_enqueue_archived_and_delete(self):
         w = self.enqueue(self.eid)

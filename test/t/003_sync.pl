@@ -15,19 +15,7 @@ my $node = $fake->new_node('sync',
 	init => { allows_streaming => 1 },
 	conf => "anthropic.sync_database = 'postgres'\nanthropic.sync_interval = '30s'\nrestart_after_crash = on\n");
 
-sub poll_until
-{
-	my ($sql, $want, $seconds) = @_;
-	my $got = '';
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		$got = $node->safe_psql('postgres', $sql);
-		return $got if $got eq $want;
-		usleep(100_000);
-	}
-	return $got;
-}
+sub poll_until { return FakeApi::poll_until($node, @_); }
 
 # The worker mirrors 2,500 environments within one interval of starting.
 is(poll_until(q{SELECT count(*) FROM anthropic.environments}, '2500', 30), '2500',

@@ -61,6 +61,22 @@ sub start
 
 sub url { return $_[0]->{url}; }
 
+# Runs $sql on $node until it returns $want or $seconds pass; returns the
+# last answer.
+sub poll_until
+{
+	my ($node, $sql, $want, $seconds) = @_;
+	my $got = '';
+	my $deadline = time + $seconds;
+	while (time < $deadline)
+	{
+		$got = $node->safe_psql('postgres', $sql);
+		return $got if $got eq $want;
+		select(undef, undef, undef, 0.05);
+	}
+	return $got;
+}
+
 sub call
 {
 	my ($self, $method, $path, $body) = @_;

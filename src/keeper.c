@@ -1,0 +1,1075 @@
+/*-------------------------------------------------------------------------
+ *
+ * keeper.c
+ *		The lease keeper: two background workers in anthropic.sync_database
+ *		that make the database a self-hosted environment worker.
+ *
+ * - The poller polls a served environment only while a session waits in
+ *   work_claim() for it or it holds fewer ready items than its prefetch
+ *   (block_ms=999, with the worker id), acks what it gets, claims the
+ *   lease with expected_last_heartbeat=NO_HEARTBEAT, stores the item (its
+ *   secret in the UNLOGGED anthropic.work_secrets) and marks it ready.
+ * - The keeper beats every held item at max(1 s, min(ttl/2, 30 s)),
+ *   echoing last_heartbeat verbatim, all due beats of a round at once
+ *   through the libcurl multi interface (ae_api_call_each), each abandoned
+ *   after one interval.  It notices dead sessions, lost leases and stop
+ *   requests, sends the force stops, writes the table anthropic.held_work
+ *   that a restart reads back, and sends every NOTIFY anthropic_work.
+ *
+ * They are two processes because a long poll lasts up to a second, and a
+ * beat must never wait for one (nor for a sync, which has a worker of its
+ * own).  Both start only once recovery has finished, so a standby runs
+ * neither.  SIGTERM ends either at its next interrupt check (every 20 ms
+ * while a request is in flight); nothing is stopped on the way out, so a
+ * restart resumes the same leases.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "anthropic_env.h"
+#include "api.h"
+#include "convert.h"
+#include "keeper.h"
+#include "leases.h"
+
+PGDLLEXPORT void ae_keeper_main(Datum arg);
+
+#define ROLE_KEEPER 0
+#define ROLE_POLLER 1
+
+#define AE_MAX_SERVED 256
+#define AE_KEEPER_TICK_MS 250
+#define AE_TERMINAL_KEEP_MS (10 * 60 * 1000)
+#define AE_POLL_BACKOFF_MAX_MS 60000
+
+typedef struct Served
+{
+	char		environment_id[AE_ID_LEN];
+	int			prefetch;
+	char		worker_id[AE_ID_LEN];
+	int			failures;
+	TimestampTz backoff_until;
+} Served;
+
+static Served served[AE_MAX_SERVED];
+static int	nserved = 0;
+
+void
+ae_keeper_register(void)
+{
+	BackgroundWorker worker;
+	int			role;
+
+	if (ae_sync_database == NULL || ae_sync_database[0] == '\0')
+		return;
+	for (role = ROLE_KEEPER; role <= ROLE_POLLER; role++)
+	{
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = 1;
+		worker.bgw_main_arg = Int32GetDatum(role);
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "anthropic_env");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "ae_keeper_main");
+		snprintf(worker.bgw_name, BGW_MAXLEN, role == ROLE_KEEPER ?
+				 "anthropic_env lease keeper" : "anthropic_env work poller");
+		snprintf(worker.bgw_type, BGW_MAXLEN, role == ROLE_KEEPER ?
+				 "anthropic_env keeper" : "anthropic_env poller");
+		RegisterBackgroundWorker(&worker);
+	}
+}
+
+static int
+my_procno(void)
+{
+#if PG_VERSION_NUM >= 170000
+	return MyProcNumber;
+#else
+	return MyProc->pgprocno;
+#endif
+}
+
+static Datum
+text_datum(const char *s)
+{
+	size_t		len = strlen(s);
+	text	   *t = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(t, VARHDRSZ + len);
+	memcpy(VARDATA(t), s, len);
+	return PointerGetDatum(t);
+}
+
+static void
+detach(int code, Datum arg)
+{
+	int			role = DatumGetInt32(arg);
+
+	if (ae_leases == NULL)
+		return;
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	if (role == ROLE_KEEPER)
+	{
+		ae_leases->keeper_procno = -1;
+		ae_leases->keeper_pid = 0;
+	}
+	else
+		ae_leases->poller_procno = -1;
+	LWLockRelease(ae_leases->lock);
+}
+
+static void
+begin_xact(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+end_xact(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+}
+
+/*
+ * Runs fn in a transaction of its own; an error is logged at WARNING and
+ * leaves no transaction behind.  Returns whether it committed.
+ */
+static bool
+in_xact(void (*fn) (void *), void *arg, const char *what)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		begin_xact();
+		fn(arg);
+		end_xact();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(WARNING,
+				(errmsg("anthropic_env lease keeper could not %s: %s", what, edata->message)));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	return ok;
+}
+
+static void
+check_extension(void *arg)
+{
+	bool	   *present = arg;
+
+	if (SPI_execute("SELECT 1 FROM pg_extension WHERE extname = 'anthropic_env' "
+					"AND to_regclass('anthropic.held_work') IS NOT NULL", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_extension");
+	*present = SPI_processed == 1;
+}
+
+static void
+read_served(void *arg)
+{
+	int			i;
+	Served		old[AE_MAX_SERVED];
+	int			nold = nserved;
+
+	memcpy(old, served, sizeof(Served) * nserved);
+	if (SPI_execute("SELECT environment_id, prefetch, worker_id FROM anthropic.served_environments "
+					"ORDER BY environment_id", true, AE_MAX_SERVED) != SPI_OK_SELECT)
+		elog(ERROR, "could not read anthropic.served_environments");
+	nserved = 0;
+	for (i = 0; i < (int) SPI_processed; i++)
+	{
+		Served	   *s = &served[nserved];
+		char	   *id = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *prefetch = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		char	   *wid = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		int			j;
+
+		memset(s, 0, sizeof(*s));
+		strlcpy(s->environment_id, id, AE_ID_LEN);
+		s->prefetch = atoi(prefetch);
+		if (wid)
+			strlcpy(s->worker_id, wid, AE_ID_LEN);
+		else
+			snprintf(s->worker_id, AE_ID_LEN, "anthropic_env/%s", ae_sync_database);
+		/* Backoff survives a reread. */
+		for (j = 0; j < nold; j++)
+			if (strcmp(old[j].environment_id, s->environment_id) == 0)
+			{
+				s->failures = old[j].failures;
+				s->backoff_until = old[j].backoff_until;
+			}
+		nserved++;
+	}
+}
+
+static int
+beat_interval_ms(int ttl_seconds)
+{
+	int			half = ttl_seconds * 500;
+
+	return Max(1000, Min(half, 30000));
+}
+
+static AeLease *
+free_slot(void)
+{
+	int			i;
+
+	for (i = 0; i < AE_MAX_LEASES; i++)
+		if (ae_leases->leases[i].state == AE_LEASE_FREE)
+			return &ae_leases->leases[i];
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- restart */
+
+static const char *
+col(int row, int c)
+{
+	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, c);
+}
+
+static TimestampTz
+col_time(int row, int c)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, c, &isnull);
+
+	return isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+static void
+strlcpy_or_empty(char *dst, const char *src, size_t n)
+{
+	strlcpy(dst, src ? src : "", n);
+}
+
+/*
+ * Reads held_work back after the server started.  No session survives a
+ * restart, so claimed items are ready again; an item whose secret is gone
+ * (the UNLOGGED table is emptied by crash recovery) can no longer be
+ * worked on and is released: shown lost, never beaten again.
+ */
+static void
+load_held(void *arg)
+{
+	int			i;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (SPI_execute("SELECT h.work_id, h.environment_id, h.data_type, h.data_id, h.state, h.consumer, "
+					"h.taken_at, h.last_beat_at, h.lease_expires_at, h.last_heartbeat, h.ttl_seconds, "
+					"h.remote_state, h.stop_sent_at, h.done_at, h.error, h.healthcheck, "
+					"s.work_id IS NOT NULL "
+					"FROM anthropic.held_work h LEFT JOIN anthropic.work_secrets s USING (work_id) "
+					"ORDER BY h.taken_at", false, AE_MAX_LEASES) != SPI_OK_SELECT)
+		elog(ERROR, "could not read anthropic.held_work");
+
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < (int) SPI_processed; i++)
+	{
+		AeLease    *l = free_slot();
+		const char *state = col(i, 5);
+
+		if (l == NULL)
+			break;
+		memset(l, 0, sizeof(*l));
+		strlcpy(l->work_id, col(i, 1), AE_ID_LEN);
+		strlcpy(l->environment_id, col(i, 2), AE_ID_LEN);
+		strlcpy_or_empty(l->data_type, col(i, 3), sizeof(l->data_type));
+		strlcpy_or_empty(l->data_id, col(i, 4), AE_ID_LEN);
+		strlcpy_or_empty(l->consumer, col(i, 6), sizeof(l->consumer));
+		l->taken_at = col_time(i, 7);
+		l->last_beat_at = col_time(i, 8);
+		l->lease_expires_at = col_time(i, 9);
+		strlcpy_or_empty(l->last_heartbeat, col(i, 10), AE_HB_LEN);
+		l->ttl_seconds = col(i, 11) ? atoi(col(i, 11)) : 120;
+		strlcpy_or_empty(l->remote_state, col(i, 12), sizeof(l->remote_state));
+		l->stop_sent_at = col_time(i, 13);
+		l->done_at = col_time(i, 14);
+		strlcpy_or_empty(l->error, col(i, 15), sizeof(l->error));
+		l->healthcheck = col(i, 16) && strcmp(col(i, 16), "t") == 0;
+		l->next_beat_at = now;
+		l->dirty = true;
+
+		if (strcmp(state, "finished") == 0)
+			l->state = AE_LEASE_FINISHED;
+		else if (strcmp(state, "lost") == 0)
+			l->state = AE_LEASE_LOST;
+		else if (strcmp(col(i, 17), "t") != 0)
+		{
+			l->state = AE_LEASE_LOST;
+			l->done_at = now;
+			l->notify = true;
+			strlcpy(l->error, "the secret was lost in a crash (it is kept only in an UNLOGGED table); the item was released",
+					sizeof(l->error));
+		}
+		else if (strcmp(state, "stop_requested") == 0)
+			l->state = AE_LEASE_STOP_REQUESTED;
+		else
+		{
+			l->state = AE_LEASE_READY;
+			l->notify = true;
+		}
+	}
+	ae_leases->loaded = true;
+	LWLockRelease(ae_leases->lock);
+	ConditionVariableBroadcast(&ae_leases->ready_cv);
+}
+
+/* ------------------------------------------------------------ persistence */
+
+typedef struct PersistWork
+{
+	AeLease    *rows;
+	int			nrows;
+	char	  **gone;
+	int			ngone;
+	char	  **notify;
+	int			nnotify;
+} PersistWork;
+
+static void
+persist(void *arg)
+{
+	PersistWork *w = arg;
+	Oid			types[14] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, TEXTOID, INT4OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
+	TIMESTAMPTZOID, INT4OID};
+	int			i;
+
+	for (i = 0; i < w->nrows; i++)
+	{
+		AeLease    *l = &w->rows[i];
+		Datum		v[14];
+		char		n[14];
+		int			k;
+
+		for (k = 0; k < 14; k++)
+			n[k] = ' ';
+		v[0] = text_datum(l->work_id);
+		v[1] = text_datum(ae_lease_state_name(l->state));
+		v[2] = text_datum(l->consumer);
+		n[2] = l->consumer[0] ? ' ' : 'n';
+		v[3] = TimestampTzGetDatum(l->claimed_at);
+		n[3] = l->claimed_at ? ' ' : 'n';
+		v[4] = TimestampTzGetDatum(l->last_beat_at);
+		n[4] = l->last_beat_at ? ' ' : 'n';
+		v[5] = TimestampTzGetDatum(l->lease_expires_at);
+		n[5] = l->lease_expires_at ? ' ' : 'n';
+		v[6] = text_datum(l->last_heartbeat);
+		v[7] = Int32GetDatum(l->ttl_seconds);
+		v[8] = text_datum(l->remote_state);
+		n[8] = l->remote_state[0] ? ' ' : 'n';
+		v[9] = TimestampTzGetDatum(l->stop_sent_at);
+		n[9] = l->stop_sent_at ? ' ' : 'n';
+		v[10] = TimestampTzGetDatum(l->done_at);
+		n[10] = l->done_at ? ' ' : 'n';
+		v[11] = text_datum(l->error);
+		n[11] = l->error[0] ? ' ' : 'n';
+		v[12] = TimestampTzGetDatum(l->taken_at);
+		v[13] = Int32GetDatum(l->claimed_pid);
+		n[13] = l->claimed_pid ? ' ' : 'n';
+		if (SPI_execute_with_args("UPDATE anthropic.held_work SET state = $2, consumer = $3, claimed_at = $4, "
+								  "last_beat_at = $5, lease_expires_at = $6, last_heartbeat = $7, "
+								  "ttl_seconds = $8, remote_state = $9, stop_sent_at = $10, done_at = $11, "
+								  "error = $12, taken_at = $13, claimed_pid = $14 WHERE work_id = $1",
+								  14, types, v, n, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update anthropic.held_work");
+	}
+	for (i = 0; i < w->ngone; i++)
+	{
+		Oid			t[1] = {TEXTOID};
+		Datum		v[1];
+
+		v[0] = text_datum(w->gone[i]);
+		SPI_execute_with_args("DELETE FROM anthropic.work_secrets WHERE work_id = $1", 1, t, v, NULL, false, 0);
+		SPI_execute_with_args("DELETE FROM anthropic.held_work WHERE work_id = $1", 1, t, v, NULL, false, 0);
+	}
+	for (i = 0; i < w->nnotify; i++)
+	{
+		Oid			t[1] = {TEXTOID};
+		Datum		v[1];
+
+		v[0] = text_datum(w->notify[i]);
+		if (SPI_execute_with_args("SELECT pg_catalog.pg_notify('anthropic_work', $1)", 1, t, v, NULL,
+								  false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not notify");
+	}
+}
+
+/*
+ * Writes every dirty lease, forgets terminal ones older than
+ * AE_TERMINAL_KEEP_MS, and sends the NOTIFYs owed, in one transaction.
+ */
+static void
+flush_leases(void)
+{
+	PersistWork w = {0};
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz horizon = TimestampTzPlusMilliseconds(now, -AE_TERMINAL_KEEP_MS);
+	int			i;
+
+	w.rows = palloc(sizeof(AeLease) * AE_MAX_LEASES);
+	w.gone = palloc(sizeof(char *) * AE_MAX_LEASES);
+	w.notify = palloc(sizeof(char *) * AE_MAX_LEASES);
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < AE_MAX_LEASES; i++)
+	{
+		AeLease    *l = &ae_leases->leases[i];
+
+		if (l->state == AE_LEASE_FREE)
+			continue;
+		if (l->notify)
+		{
+			w.notify[w.nnotify++] = pstrdup(l->work_id);
+			l->notify = false;
+		}
+		if ((l->state == AE_LEASE_FINISHED || l->state == AE_LEASE_LOST) &&
+			l->claimed_pid == 0 && l->done_at != 0 && l->done_at < horizon &&
+			(l->state == AE_LEASE_LOST || l->stop_sent_at != 0))
+		{
+			w.gone[w.ngone++] = pstrdup(l->work_id);
+			l->state = AE_LEASE_FREE;
+			continue;
+		}
+		if (l->dirty)
+		{
+			w.rows[w.nrows++] = *l;
+			l->dirty = false;
+		}
+	}
+	LWLockRelease(ae_leases->lock);
+	if (w.nrows + w.ngone + w.nnotify == 0)
+		return;
+	if (!in_xact(persist, &w, "record its leases"))
+	{
+		LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+		for (i = 0; i < w.nrows; i++)
+		{
+			AeLease    *l = ae_lease_find(w.rows[i].work_id);
+
+			if (l)
+				l->dirty = true;
+		}
+		LWLockRelease(ae_leases->lock);
+	}
+}
+
+/* ----------------------------------------------------------------- keeper */
+
+static void
+mark(AeLease *l, AeLeaseState state, const char *error)
+{
+	l->state = state;
+	l->notify = true;
+	l->dirty = true;
+	if (error)
+		strlcpy(l->error, error, sizeof(l->error));
+	if (state == AE_LEASE_LOST || state == AE_LEASE_FINISHED)
+		l->done_at = GetCurrentTimestamp();
+}
+
+/* Sessions that ended without finishing hand their items back. */
+static void
+reap_dead_sessions(void)
+{
+	int			i;
+	bool		ready = false;
+
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < AE_MAX_LEASES; i++)
+	{
+		AeLease    *l = &ae_leases->leases[i];
+
+		if (l->claimed_pid == 0 || BackendPidGetProc(l->claimed_pid) != NULL)
+			continue;
+		l->claimed_pid = 0;
+		l->dirty = true;
+		if (l->state == AE_LEASE_STOP_REQUESTED)
+			l->next_beat_at = 0;
+		if (l->state == AE_LEASE_CLAIMED)
+		{
+			mark(l, AE_LEASE_READY, NULL);
+			ready = true;
+		}
+	}
+	for (i = 0; i < AE_MAX_WAITERS; i++)
+		if (ae_leases->waiters[i].pid != 0 && BackendPidGetProc(ae_leases->waiters[i].pid) == NULL)
+			ae_leases->waiters[i].pid = 0;
+	LWLockRelease(ae_leases->lock);
+	if (ready)
+		ConditionVariableBroadcast(&ae_leases->ready_cv);
+}
+
+typedef enum ActKind
+{
+	ACT_BEAT,
+	ACT_STOP
+} ActKind;
+
+typedef struct Act
+{
+	ActKind		kind;
+	char		work_id[AE_ID_LEN];
+	char		environment_id[AE_ID_LEN];
+	char		last_heartbeat[AE_HB_LEN];
+} Act;
+
+static void
+apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
+{
+	if (o->error == NULL && o->answer != NULL)
+	{
+		const char *hb = aej_string(o->answer, "last_heartbeat");
+		const char *state = aej_string(o->answer, "state");
+		json_t	   *ext = json_object_get(o->answer, "lease_extended");
+		json_t	   *ttl = json_object_get(o->answer, "ttl_seconds");
+		bool		extended = ext && json_is_true(ext);
+
+		if (json_is_integer(ttl) && json_integer_value(ttl) > 0 && json_integer_value(ttl) < 86400)
+			l->ttl_seconds = (int) json_integer_value(ttl);
+		strlcpy_or_empty(l->remote_state, state, sizeof(l->remote_state));
+		l->dirty = true;
+		if (extended && hb)
+		{
+			strlcpy(l->last_heartbeat, hb, AE_HB_LEN);
+			l->last_beat_at = now;
+			l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
+			l->error[0] = '\0';
+		}
+		l->next_beat_at = TimestampTzPlusMilliseconds(now, beat_interval_ms(l->ttl_seconds));
+		if (!extended || (state && (strcmp(state, "stopping") == 0 || strcmp(state, "stopped") == 0)))
+		{
+			l->next_beat_at = 0;
+			mark(l, AE_LEASE_STOP_REQUESTED,
+				 extended ? "the server asked to stop the item" : "the server did not extend the lease");
+		}
+		return;
+	}
+	if (o->status == 412 || o->status == 404)
+	{
+		/* The SDK's rule: a lost lease is released, not stopped. */
+		mark(l, AE_LEASE_LOST, o->status == 412 ?
+			 "lease lost: the heartbeat's precondition failed (another worker holds the item)" :
+			 "lease lost: the server no longer knows the item");
+		return;
+	}
+	strlcpy(l->error, o->error ? o->error->message : "heartbeat failed", sizeof(l->error));
+	l->dirty = true;
+	l->next_beat_at = TimestampTzPlusMilliseconds(now, 1000);
+}
+
+static void
+apply_stop(AeLease *l, const AeCallOutcome *o, TimestampTz now)
+{
+	if (o->error == NULL || o->status == 409 || o->status == 404)
+	{
+		l->stop_sent_at = now;
+		l->dirty = true;
+		if (l->healthcheck && l->state != AE_LEASE_FINISHED)
+			mark(l, AE_LEASE_FINISHED, NULL);
+		return;
+	}
+	l->stop_failures++;
+	strlcpy(l->error, o->error->message, sizeof(l->error));
+	l->dirty = true;
+	l->next_beat_at = TimestampTzPlusMilliseconds(now, 1000L << Min(l->stop_failures, 6));
+}
+
+/*
+ * One round: decides under the lock what is due, sends it all at once
+ * without the lock, applies the answers under the lock.
+ */
+static long
+keeper_round(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	Act		   *acts = palloc(sizeof(Act) * AE_MAX_LEASES);
+	AeCall	   *calls;
+	AeCallOutcome *out;
+	int			n = 0;
+	int			min_interval = 30000;
+	long		sleep_ms = AE_KEEPER_TICK_MS;
+	int			i;
+	bool		lost = false;
+
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < AE_MAX_LEASES; i++)
+	{
+		AeLease    *l = &ae_leases->leases[i];
+		bool		beat = false;
+		bool		stop = false;
+
+		switch (l->state)
+		{
+			case AE_LEASE_READY:
+			case AE_LEASE_CLAIMED:
+				if (l->last_beat_at != 0 &&
+					now > TimestampTzPlusMilliseconds(l->last_beat_at, (int64) l->ttl_seconds * 1000))
+				{
+					mark(l, AE_LEASE_LOST, "lease lost: no successful heartbeat for longer than the TTL");
+					lost = true;
+					break;
+				}
+				if (l->healthcheck)
+					stop = l->stop_sent_at == 0 && l->next_beat_at <= now;
+				else
+					beat = l->next_beat_at <= now;
+				break;
+			case AE_LEASE_STOP_REQUESTED:
+				stop = l->claimed_pid == 0 && l->stop_sent_at == 0 && l->next_beat_at <= now;
+				break;
+			case AE_LEASE_FINISHED:
+				stop = l->stop_sent_at == 0 && l->next_beat_at <= now;
+				break;
+			default:
+				break;
+		}
+		if (beat || stop)
+		{
+			acts[n].kind = beat ? ACT_BEAT : ACT_STOP;
+			strlcpy(acts[n].work_id, l->work_id, AE_ID_LEN);
+			strlcpy(acts[n].environment_id, l->environment_id, AE_ID_LEN);
+			strlcpy(acts[n].last_heartbeat, l->last_heartbeat, AE_HB_LEN);
+			if (beat)
+				min_interval = Min(min_interval, beat_interval_ms(l->ttl_seconds));
+			n++;
+		}
+		else if ((l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED) && !l->healthcheck)
+			sleep_ms = Min(sleep_ms, Max(1, TimestampDifferenceMilliseconds(now, l->next_beat_at)));
+	}
+	LWLockRelease(ae_leases->lock);
+	(void) lost;
+	if (n == 0)
+		return sleep_ms;
+
+	calls = palloc0(sizeof(AeCall) * n);
+	out = palloc0(sizeof(AeCallOutcome) * n);
+	for (i = 0; i < n; i++)
+	{
+		calls[i].args[0] = acts[i].environment_id;
+		calls[i].args[1] = acts[i].work_id;
+		if (acts[i].kind == ACT_BEAT)
+		{
+			calls[i].endpoint = AE_WORK_HEARTBEAT;
+			calls[i].query[0].name = "expected_last_heartbeat";
+			calls[i].query[0].value = acts[i].last_heartbeat;
+		}
+		else
+		{
+			calls[i].endpoint = AE_WORK_STOP;
+			calls[i].body = "{\"force\":true}";
+		}
+	}
+	/* A beat is abandoned after one interval, retries included. */
+	SetConfigOption("anthropic.timeout_ms", psprintf("%d", Max(300, min_interval / (ae_max_retries + 1))),
+					PGC_SUSET, PGC_S_SESSION);
+	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
+
+	now = GetCurrentTimestamp();
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < n; i++)
+	{
+		AeLease    *l = ae_lease_find(acts[i].work_id);
+
+		if (l == NULL)
+			continue;
+		if (acts[i].kind == ACT_BEAT)
+		{
+			/* A claim, release or finish meanwhile changes nothing here. */
+			if (l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED)
+				apply_beat(l, &acts[i], &out[i], now);
+		}
+		else
+			apply_stop(l, &out[i], now);
+	}
+	LWLockRelease(ae_leases->lock);
+	return 0;
+}
+
+/* ----------------------------------------------------------------- poller */
+
+typedef struct Taken
+{
+	json_t	   *item;
+	Served	   *env;
+	AeLease		lease;
+	bool		ok;
+} Taken;
+
+static void
+store_taken(void *arg)
+{
+	List	   *taken = arg;
+	ListCell   *lc;
+	Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, BOOLOID};
+
+	foreach(lc, taken)
+	{
+		Taken	   *t = lfirst(lc);
+		Datum		v[7];
+		char		n[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+		json_t	   *md = json_object_get(t->item, "metadata");
+		const char *secret = aej_string(t->item, "secret");
+
+		if (!t->ok)
+			continue;
+		v[0] = text_datum(t->lease.work_id);
+		v[1] = text_datum(t->lease.environment_id);
+		v[2] = text_datum(t->lease.data_type);
+		v[3] = text_datum(t->lease.data_id);
+		if (md && json_is_object(md))
+			v[4] = PointerGetDatum(ae_json_to_jsonb(md));
+		else
+			n[4] = 'n';
+		v[5] = text_datum(t->lease.last_heartbeat);
+		v[6] = BoolGetDatum(t->lease.healthcheck);
+		if (SPI_execute_with_args("INSERT INTO anthropic.held_work (work_id, environment_id, data_type, data_id, "
+								  "metadata, state, last_heartbeat, ttl_seconds, taken_at, last_beat_at, "
+								  "lease_expires_at, healthcheck) VALUES ($1, $2, $3, $4, $5, 'ready', $6, "
+								  "120, now(), now(), now(), $7) ON CONFLICT (work_id) DO UPDATE SET "
+								  "state = 'ready', last_heartbeat = EXCLUDED.last_heartbeat, "
+								  "taken_at = now(), done_at = NULL, stop_sent_at = NULL, error = NULL",
+								  7, types, v, n, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into anthropic.held_work");
+		if (secret)
+		{
+			Oid			st[2] = {TEXTOID, TEXTOID};
+			Datum		sv[2];
+
+			sv[0] = text_datum(t->lease.work_id);
+			sv[1] = text_datum(secret);
+			if (SPI_execute_with_args("INSERT INTO anthropic.work_secrets (work_id, secret) VALUES ($1, $2) "
+									  "ON CONFLICT (work_id) DO UPDATE SET secret = EXCLUDED.secret",
+									  2, st, sv, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not insert into anthropic.work_secrets");
+		}
+	}
+}
+
+static void
+env_failed(Served *s, ErrorData *e, const char *what)
+{
+	long		delay = Min(1000L << Min(s->failures, 6), (long) AE_POLL_BACKOFF_MAX_MS);
+
+	s->failures++;
+	delay -= (long) (delay * 0.25 * (pg_prng_double(&pg_global_prng_state)));
+	s->backoff_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
+	ereport(WARNING,
+			(errmsg("anthropic_env work poller: %s for environment \"%s\" failed: %s",
+					what, s->environment_id, e->message),
+			 e->detail ? errdetail_internal("%s", e->detail) : 0,
+			 errhint("Polling this environment backs off for %ld ms; the others go on.", delay)));
+}
+
+/* One round of the poller: polls, acks, claims; returns how long to sleep. */
+static long
+poller_round(void)
+{
+	int			want[AE_MAX_SERVED];
+	int			n = 0;
+	int			i;
+	TimestampTz now = GetCurrentTimestamp();
+	AeCall	   *calls;
+	AeCallOutcome *out;
+	List	   *taken = NIL;
+	ListCell   *lc;
+	int			ntaken;
+
+	LWLockAcquire(ae_leases->lock, LW_SHARED);
+	for (i = 0; i < nserved; i++)
+	{
+		Served	   *s = &served[i];
+		int			waiting = 0;
+		int			ready = 0;
+		int			j;
+
+		if (s->backoff_until > now)
+			continue;
+		for (j = 0; j < AE_MAX_WAITERS; j++)
+			if (ae_leases->waiters[j].pid != 0 &&
+				strcmp(ae_leases->waiters[j].environment_id, s->environment_id) == 0)
+				waiting++;
+		for (j = 0; j < AE_MAX_LEASES; j++)
+		{
+			AeLease    *l = &ae_leases->leases[j];
+
+			if (l->state == AE_LEASE_READY && !l->healthcheck &&
+				strcmp(l->environment_id, s->environment_id) == 0)
+				ready++;
+		}
+		if (waiting > ready || ready < s->prefetch)
+			want[n++] = i;
+	}
+	LWLockRelease(ae_leases->lock);
+	if (n == 0)
+		return 1000;
+
+	calls = palloc0(sizeof(AeCall) * n);
+	out = palloc0(sizeof(AeCallOutcome) * n);
+	for (i = 0; i < n; i++)
+	{
+		calls[i].endpoint = AE_WORK_POLL;
+		calls[i].args[0] = served[want[i]].environment_id;
+		calls[i].query[0].name = "block_ms";
+		calls[i].query[0].value = "999";
+		calls[i].extra_timeout_ms = 999;
+		calls[i].worker_id = served[want[i]].worker_id;
+	}
+	SetConfigOption("anthropic.timeout_ms", "10000", PGC_SUSET, PGC_S_SESSION);
+	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
+	for (i = 0; i < n; i++)
+	{
+		Served	   *s = &served[want[i]];
+
+		if (out[i].error)
+			env_failed(s, out[i].error, "polling");
+		else
+		{
+			s->failures = 0;
+			if (out[i].answer)
+			{
+				Taken	   *t = palloc0(sizeof(Taken));
+				json_t	   *data = json_object_get(out[i].answer, "data");
+
+				t->item = out[i].answer;
+				t->env = s;
+				strlcpy_or_empty(t->lease.work_id, aej_string(out[i].answer, "id"), AE_ID_LEN);
+				strlcpy(t->lease.environment_id, s->environment_id, AE_ID_LEN);
+				strlcpy_or_empty(t->lease.data_type, data ? aej_string(data, "type") : NULL,
+								 sizeof(t->lease.data_type));
+				strlcpy_or_empty(t->lease.data_id, data ? aej_string(data, "id") : NULL, AE_ID_LEN);
+				t->lease.healthcheck = strcmp(t->lease.data_type, "healthcheck") == 0;
+				if (t->lease.work_id[0] != '\0')
+					taken = lappend(taken, t);
+			}
+		}
+	}
+	if (taken == NIL)
+		return 0;
+
+	/* Ack at once, then claim the lease with NO_HEARTBEAT. */
+	ntaken = list_length(taken);
+	calls = palloc0(sizeof(AeCall) * ntaken);
+	out = palloc0(sizeof(AeCallOutcome) * ntaken);
+	i = 0;
+	foreach(lc, taken)
+	{
+		Taken	   *t = lfirst(lc);
+
+		calls[i].endpoint = AE_WORK_ACK;
+		calls[i].args[0] = t->lease.environment_id;
+		calls[i].args[1] = t->lease.work_id;
+		i++;
+	}
+	ae_api_call_each(calls, ntaken, AE_MAX_CONCURRENCY, out);
+	i = 0;
+	foreach(lc, taken)
+	{
+		Taken	   *t = lfirst(lc);
+
+		t->ok = out[i].error == NULL;
+		if (!t->ok)
+			env_failed(t->env, out[i].error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
+		calls[i].endpoint = AE_WORK_HEARTBEAT;
+		calls[i].query[0].name = "expected_last_heartbeat";
+		calls[i].query[0].value = "NO_HEARTBEAT";
+		i++;
+	}
+	ae_api_call_each(calls, ntaken, AE_MAX_CONCURRENCY, out);
+	now = GetCurrentTimestamp();
+	i = 0;
+	foreach(lc, taken)
+	{
+		Taken	   *t = lfirst(lc);
+		const char *hb = out[i].answer ? aej_string(out[i].answer, "last_heartbeat") : NULL;
+		json_t	   *ttl = out[i].answer ? json_object_get(out[i].answer, "ttl_seconds") : NULL;
+
+		if (t->ok && (out[i].error || hb == NULL))
+		{
+			t->ok = false;
+			if (out[i].error)
+				env_failed(t->env, out[i].error, psprintf("claiming the lease of work item \"%s\"", t->lease.work_id));
+		}
+		if (t->ok)
+		{
+			strlcpy(t->lease.last_heartbeat, hb, AE_HB_LEN);
+			t->lease.ttl_seconds = (json_is_integer(ttl) && json_integer_value(ttl) > 0) ?
+				(int) json_integer_value(ttl) : 120;
+			strlcpy_or_empty(t->lease.remote_state, aej_string(out[i].answer, "state"),
+							 sizeof(t->lease.remote_state));
+		}
+		i++;
+	}
+	if (!in_xact(store_taken, taken, "store the items it took"))
+		return 1000;
+
+	/* Stored and committed: now sessions may claim them. */
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	foreach(lc, taken)
+	{
+		Taken	   *t = lfirst(lc);
+		AeLease    *l;
+
+		if (!t->ok)
+			continue;
+		l = ae_lease_find(t->lease.work_id);
+		if (l == NULL)
+			l = free_slot();
+		if (l == NULL)
+		{
+			ereport(WARNING,
+					(errmsg("anthropic_env work poller holds %d leases, the most it can; work item \"%s\" is left to expire",
+							AE_MAX_LEASES, t->lease.work_id)));
+			continue;
+		}
+		*l = t->lease;
+		l->state = AE_LEASE_READY;
+		l->taken_at = now;
+		l->last_beat_at = now;
+		l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
+		l->next_beat_at = TimestampTzPlusMilliseconds(now, l->healthcheck ? 0 : beat_interval_ms(l->ttl_seconds));
+		l->dirty = true;
+		l->notify = !l->healthcheck;
+	}
+	LWLockRelease(ae_leases->lock);
+	ConditionVariableBroadcast(&ae_leases->ready_cv);
+	ae_leases_wake_keeper();
+	return 0;
+}
+
+/* ------------------------------------------------------------------ main */
+
+void
+ae_keeper_main(Datum arg)
+{
+	int			role = DatumGetInt32(arg);
+	MemoryContext round_cxt;
+	TimestampTz next_read = 0;
+	bool		present = false;
+	bool		told = false;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(ae_sync_database, NULL, 0);
+	pgstat_report_appname(role == ROLE_KEEPER ? "anthropic_env lease keeper" : "anthropic_env work poller");
+
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	if (role == ROLE_KEEPER)
+	{
+		ae_leases->keeper_pid = MyProcPid;
+		ae_leases->keeper_procno = my_procno();
+	}
+	else
+		ae_leases->poller_procno = my_procno();
+	LWLockRelease(ae_leases->lock);
+	before_shmem_exit(detach, Int32GetDatum(role));
+
+	round_cxt = AllocSetContextCreate(TopMemoryContext, "anthropic_env keeper round",
+									  ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		long		sleep_ms = 1000;
+		TimestampTz now;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		MemoryContextReset(round_cxt);
+		MemoryContextSwitchTo(round_cxt);
+		now = GetCurrentTimestamp();
+
+		if (!present)
+		{
+			(void) in_xact(check_extension, &present, "look for the extension");
+			if (!present)
+			{
+				if (!told)
+					ereport(LOG,
+							(errmsg("anthropic_env %s waits for the extension in database \"%s\"",
+									role == ROLE_KEEPER ? "lease keeper" : "work poller", ae_sync_database)));
+				told = true;
+				sleep_ms = 2000;
+				goto wait;
+			}
+		}
+
+		if (role == ROLE_KEEPER)
+		{
+			if (!ae_leases->loaded && !in_xact(load_held, NULL, "read anthropic.held_work"))
+			{
+				sleep_ms = 1000;
+				goto wait;
+			}
+			reap_dead_sessions();
+			sleep_ms = keeper_round();
+			flush_leases();
+		}
+		else
+		{
+			if (!ae_leases->loaded)
+			{
+				sleep_ms = 100;
+				goto wait;
+			}
+			if (now >= next_read)
+			{
+				(void) in_xact(read_served, NULL, "read anthropic.served_environments");
+				next_read = TimestampTzPlusMilliseconds(now, 1000);
+			}
+			sleep_ms = poller_round();
+		}
+wait:
+		if (sleep_ms > 0)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 sleep_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}

@@ -1,0 +1,114 @@
+/*-------------------------------------------------------------------------
+ *
+ * leases.c
+ *		The shared lease table (see leases.h).
+ *
+ * One LWLock guards the whole table: every operation on it is a scan of
+ * at most AE_MAX_LEASES small slots, far cheaper than the request it
+ * follows or precedes.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+
+#include "leases.h"
+
+AeLeaseTable *ae_leases = NULL;
+
+void
+ae_leases_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(AeLeaseTable)));
+	RequestNamedLWLockTranche("anthropic_env leases", 1);
+}
+
+void
+ae_leases_shmem_startup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	ae_leases = ShmemInitStruct("anthropic_env leases", sizeof(AeLeaseTable), &found);
+	if (!found)
+	{
+		memset(ae_leases, 0, sizeof(AeLeaseTable));
+		ae_leases->lock = &(GetNamedLWLockTranche("anthropic_env leases"))->lock;
+		ConditionVariableInit(&ae_leases->ready_cv);
+		ae_leases->keeper_procno = -1;
+		ae_leases->poller_procno = -1;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+ae_leases_require(void)
+{
+	if (ae_leases == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the anthropic_env lease keeper is not available"),
+				 errhint("Add anthropic_env to shared_preload_libraries and set anthropic.sync_database.")));
+}
+
+AeLease *
+ae_lease_find(const char *work_id)
+{
+	int			i;
+
+	for (i = 0; i < AE_MAX_LEASES; i++)
+	{
+		AeLease    *l = &ae_leases->leases[i];
+
+		if (l->state != AE_LEASE_FREE && strcmp(l->work_id, work_id) == 0)
+			return l;
+	}
+	return NULL;
+}
+
+const char *
+ae_lease_state_name(AeLeaseState state)
+{
+	switch (state)
+	{
+		case AE_LEASE_READY:
+			return "ready";
+		case AE_LEASE_CLAIMED:
+			return "claimed";
+		case AE_LEASE_STOP_REQUESTED:
+			return "stop_requested";
+		case AE_LEASE_FINISHED:
+			return "finished";
+		case AE_LEASE_LOST:
+			return "lost";
+		case AE_LEASE_FREE:
+			break;
+	}
+	return "free";
+}
+
+static void
+wake(int procno)
+{
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+void
+ae_leases_wake_keeper(void)
+{
+	if (ae_leases)
+		wake(ae_leases->keeper_procno);
+}
+
+void
+ae_leases_wake_poller(void)
+{
+	if (ae_leases)
+		wake(ae_leases->poller_procno);
+}
