@@ -36,6 +36,7 @@ typedef struct AeCall
 	const char *worker_id;		/* anthropic-worker-id, or NULL */
 	int			extra_timeout_ms;
 	bool		missing_ok;		/* a 404 returns NULL instead of raising */
+	bool		stop_force;		/* work_stop's force, for reconciliation */
 } AeCall;
 
 /* Shape every item of a list endpoint's page has. */

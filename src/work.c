@@ -140,7 +140,8 @@ ae_work_stop(PG_FUNCTION_ARGS)
 	AeCall		call = {.endpoint = AE_WORK_STOP};
 
 	set_work_ids(fcinfo, &call);
-	call.body = PG_GETARG_BOOL(2) ? "{\"force\":true}" : "{}";
+	call.stop_force = PG_GETARG_BOOL(2);
+	call.body = call.stop_force ? "{\"force\":true}" : "{}";
 	return work_result(fcinfo, ae_api_call(&call));
 }
 
