@@ -401,6 +401,8 @@ finish_call(const AeCall *call, const AeHttpResponse *resp)
 	char		errbuf[256];
 	const char *msg;
 
+	if (call->raw_out)
+		*call->raw_out = NULL;
 	if (resp->status < 200 || resp->status >= 300)
 	{
 		if (resp->maybe_acted && ep->reconcile != AE_RECONCILE_NONE &&
@@ -420,6 +422,8 @@ finish_call(const AeCall *call, const AeHttpResponse *resp)
 	msg = aej_check_shape(root, ep->shape, errbuf, sizeof(errbuf));
 	if (msg)
 		raise_malformed(resp, msg);
+	if (call->raw_out)
+		*call->raw_out = ae_text_to_jsonb(resp->body, resp->body_len);
 	return root;
 }
 
