@@ -12,7 +12,9 @@ EXTVERSION = 0.2.0
 OBJS = \
 	src/anthropic_env.o \
 	src/guc.o \
+	src/retry.o \
 	src/http.o \
+	src/endpoints.o \
 	src/api.o \
 	src/apijson.o \
 	src/convert.o \

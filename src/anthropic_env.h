@@ -22,6 +22,7 @@ extern char *ae_workspace_id;
 extern int	ae_timeout_ms;
 extern int	ae_connect_timeout_ms;
 extern int	ae_max_retries;
+extern int	ae_max_retry_wait_ms;
 extern char *ae_ca_file;
 extern int	ae_max_response_bytes;
 extern char *ae_sync_database;

@@ -22,10 +22,11 @@
 #include "convert.h"
 #include "envkeys.h"
 #include "http.h"
+#include "retry.h"
+#include "stats.h"
 
 typedef struct AeEndpoint
 {
-	const char *name;
 	AeMethod	method;
 	const char *path;			/* printf template; %s are path arguments */
 	int			nargs;
@@ -36,48 +37,43 @@ typedef struct AeEndpoint
 	AejShape	item_shape;		/* for AEJ_PAGE answers */
 	bool		null_answer_ok; /* the answer may be JSON null */
 	const char *not_found;		/* "environment" or "work item" */
+	AeReconcileRule reconcile;	/* how a repeat of it shows (retry.h) */
 } AeEndpoint;
 
 #define ENVS "/v1/environments"
 
 static const AeEndpoint endpoints[AE_ENDPOINT_COUNT] = {
-	[AE_ENV_CREATE] = {"env_create", AE_POST, ENVS, 0,
-		AE_CRED_API_KEY, true, AE_RETRY_CREATE, AEJ_ENVIRONMENT, 0, false, NULL},
-	[AE_ENV_LIST] = {"env_list", AE_GET, ENVS, 0,
-		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_PAGE, AEJ_ENVIRONMENT, false, NULL},
-	[AE_ENV_GET] = {"env_get", AE_GET, ENVS "/%s", 1,
-		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT, 0, false, "environment"},
-	[AE_ENV_UPDATE] = {"env_update", AE_POST, ENVS "/%s", 1,
-		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT, 0, false, "environment"},
-	[AE_ENV_DELETE] = {"env_delete", AE_DELETE, ENVS "/%s", 1,
-		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT_DELETED, 0, false, "environment"},
-	[AE_ENV_ARCHIVE] = {"env_archive", AE_POST, ENVS "/%s/archive", 1,
-		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT, 0, false, "environment"},
-	[AE_WORK_GET] = {"work_get", AE_GET, ENVS "/%s/work/%s", 2,
-		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item"},
-	[AE_WORK_POLL] = {"work_poll", AE_GET, ENVS "/%s/work/poll", 1,
-		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_WORK, 0, true, "environment"},
-	[AE_WORK_ACK] = {"work_ack", AE_POST, ENVS "/%s/work/%s/ack", 2,
-		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item"},
-	[AE_WORK_HEARTBEAT] = {"work_heartbeat", AE_POST, ENVS "/%s/work/%s/heartbeat", 2,
-		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_HEARTBEAT, 0, false, "work item"},
-	[AE_WORK_STOP] = {"work_stop", AE_POST, ENVS "/%s/work/%s/stop", 2,
-		AE_CRED_ENVIRONMENT, true, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item"},
-	[AE_WORK_LIST] = {"work_list", AE_GET, ENVS "/%s/work", 1,
-		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_PAGE, AEJ_WORK, false, "environment"},
-	[AE_WORK_UPDATE] = {"work_update", AE_POST, ENVS "/%s/work/%s", 2,
-		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item"},
-	[AE_WORK_STATS] = {"work_stats", AE_GET, ENVS "/%s/work/stats", 1,
-		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_QUEUE_STATS, 0, false, "environment"},
+	[AE_ENV_CREATE] = {AE_POST, ENVS, 0,
+		AE_CRED_API_KEY, true, AE_RETRY_CREATE, AEJ_ENVIRONMENT, 0, false, NULL, AE_RECONCILE_NONE},
+	[AE_ENV_LIST] = {AE_GET, ENVS, 0,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_PAGE, AEJ_ENVIRONMENT, false, NULL, AE_RECONCILE_NONE},
+	[AE_ENV_GET] = {AE_GET, ENVS "/%s", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT, 0, false, "environment", AE_RECONCILE_NONE},
+	[AE_ENV_UPDATE] = {AE_POST, ENVS "/%s", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT, 0, false, "environment", AE_RECONCILE_NONE},
+	[AE_ENV_DELETE] = {AE_DELETE, ENVS "/%s", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT_DELETED, 0, false, "environment", AE_RECONCILE_DELETE},
+	[AE_ENV_ARCHIVE] = {AE_POST, ENVS "/%s/archive", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_ENVIRONMENT, 0, false, "environment", AE_RECONCILE_ARCHIVE},
+	[AE_WORK_GET] = {AE_GET, ENVS "/%s/work/%s", 2,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item", AE_RECONCILE_NONE},
+	[AE_WORK_POLL] = {AE_GET, ENVS "/%s/work/poll", 1,
+		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_WORK, 0, true, "environment", AE_RECONCILE_NONE},
+	[AE_WORK_ACK] = {AE_POST, ENVS "/%s/work/%s/ack", 2,
+		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item", AE_RECONCILE_ACK},
+	[AE_WORK_HEARTBEAT] = {AE_POST, ENVS "/%s/work/%s/heartbeat", 2,
+		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_HEARTBEAT, 0, false, "work item", AE_RECONCILE_HEARTBEAT},
+	[AE_WORK_STOP] = {AE_POST, ENVS "/%s/work/%s/stop", 2,
+		AE_CRED_ENVIRONMENT, true, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item", AE_RECONCILE_STOP},
+	[AE_WORK_LIST] = {AE_GET, ENVS "/%s/work", 1,
+		AE_CRED_ENVIRONMENT, false, AE_RETRY_SAFE, AEJ_PAGE, AEJ_WORK, false, "environment", AE_RECONCILE_NONE},
+	[AE_WORK_UPDATE] = {AE_POST, ENVS "/%s/work/%s", 2,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_WORK, 0, false, "work item", AE_RECONCILE_NONE},
+	[AE_WORK_STATS] = {AE_GET, ENVS "/%s/work/stats", 1,
+		AE_CRED_API_KEY, true, AE_RETRY_SAFE, AEJ_QUEUE_STATS, 0, false, "environment", AE_RECONCILE_NONE},
 };
 
 static const char *const method_names[] = {"GET", "POST", "DELETE"};
-
-const char *
-ae_endpoint_name(AeEndpointId id)
-{
-	return endpoints[id].name;
-}
 
 AejShape
 ae_endpoint_item_shape(AeEndpointId id)
@@ -227,6 +223,9 @@ raise_api_error(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *
 	if (resp->attempts > 1)
 		appendStringInfo(&detail, ", after %d attempts", resp->attempts);
 	appendStringInfoChar(&detail, '.');
+	if (resp->refused_wait_ms > 0)
+		appendStringInfo(&detail, " The server asked to retry after %ld ms, longer than anthropic.max_retry_wait.",
+						 resp->refused_wait_ms);
 	if (decoded && err.current_state)
 	{
 		char	   *cs = json_dumps(err.current_state, JSON_COMPACT | JSON_SORT_KEYS);
@@ -278,6 +277,16 @@ typedef struct AePrepared
 } AePrepared;
 
 static void
+record_final(void *arg, const AeHttpResponse *resp)
+{
+	ae_stats_record((int) (uintptr_t) arg,
+					resp->transport_failed ? AE_OUTCOME_TRANSPORT : resp->status,
+					resp->attempts - 1, resp->elapsed_us,
+					resp->bytes_sent, resp->bytes_received,
+					resp->request_id[0] ? resp->request_id : NULL);
+}
+
+static void
 prepare_call(const AeCall *call, AePrepared *p)
 {
 	const AeEndpoint *ep = &endpoints[call->endpoint];
@@ -313,7 +322,8 @@ prepare_call(const AeCall *call, AePrepared *p)
 	}
 
 	memset(p, 0, sizeof(*p));
-	p->req.endpoint = call->endpoint;
+	p->req.on_final = record_final;
+	p->req.on_final_arg = (void *) (uintptr_t) call->endpoint;
 	p->req.method = ep->method;
 	p->req.method_name = method_names[ep->method];
 	p->req.path = path.data;
@@ -335,6 +345,54 @@ prepare_call(const AeCall *call, AePrepared *p)
 	p->ctx.path = pnstrdup(path.data, path_len);
 }
 
+static const char *
+query_value(const AeCall *call, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < AE_MAX_QUERY; i++)
+		if (call->query[i].name && strcmp(call->query[i].name, name) == 0)
+			return call->query[i].value;
+	return NULL;
+}
+
+/*
+ * A failed answer to a call that may have been carried out already: true,
+ * with the call's answer in *answer, when the server's state shows it was
+ * (retry.c's rules).
+ */
+static bool
+reconcile(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *resp, json_t **answer)
+{
+	json_t	   *body = aej_parse(resp->body, resp->body_len, NULL, 0);
+	const char *expected = call->endpoint == AE_WORK_HEARTBEAT ?
+		query_value(call, "expected_last_heartbeat") : NULL;
+	AeCall		get = {0};
+	json_t	   *object;
+
+	switch (ae_retry_reconcile(ep->reconcile, resp->status, body, expected, answer))
+	{
+		case AE_RECONCILED_NO:
+			return false;
+		case AE_RECONCILED_ANSWER:
+			return true;
+		case AE_RECONCILED_DELETED:
+			*answer = json_pack("{s:s, s:s}", "id", call->args[0], "type", "environment_deleted");
+			return *answer != NULL;
+		case AE_RECONCILED_FETCH:
+			break;
+	}
+	get.endpoint = ep->nargs == 2 ? AE_WORK_GET : AE_ENV_GET;
+	get.args[0] = call->args[0];
+	get.args[1] = call->args[1];
+	get.missing_ok = true;
+	object = ae_api_call(&get);
+	if (object == NULL || !ae_retry_state_confirms(ep->reconcile, object, call->stop_force))
+		return false;
+	*answer = object;
+	return true;
+}
+
 /*
  * Turns a final answer into the checked JSON value, NULL (404 with
  * missing_ok, or an allowed JSON null), or the error it stands for.
@@ -347,8 +405,13 @@ finish_call(const AeCall *call, const AeHttpResponse *resp)
 	char		errbuf[256];
 	const char *msg;
 
+	if (call->raw_out)
+		*call->raw_out = NULL;
 	if (resp->status < 200 || resp->status >= 300)
 	{
+		if (resp->maybe_acted && ep->reconcile != AE_RECONCILE_NONE &&
+			reconcile(ep, call, resp, &root))
+			return root;
 		if (resp->status == 404 && call->missing_ok)
 			return NULL;
 		raise_api_error(ep, call, resp);
@@ -363,6 +426,8 @@ finish_call(const AeCall *call, const AeHttpResponse *resp)
 	msg = aej_check_shape(root, ep->shape, errbuf, sizeof(errbuf));
 	if (msg)
 		raise_malformed(resp, msg);
+	if (call->raw_out)
+		*call->raw_out = ae_text_to_jsonb(resp->body, resp->body_len);
 	return root;
 }
 

@@ -13,6 +13,8 @@
 #ifndef AE_API_H
 #define AE_API_H
 
+#include "utils/jsonb.h"
+
 #include "apijson.h"
 #include "endpoints.h"
 #include "http.h"
@@ -36,6 +38,9 @@ typedef struct AeCall
 	const char *worker_id;		/* anthropic-worker-id, or NULL */
 	int			extra_timeout_ms;
 	bool		missing_ok;		/* a 404 returns NULL instead of raising */
+	bool		stop_force;		/* work_stop's force, for reconciliation */
+	/* When set, receives the answer as jsonb built from its text, or NULL. */
+	Jsonb	  **raw_out;
 } AeCall;
 
 /* Shape every item of a list endpoint's page has. */

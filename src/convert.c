@@ -9,6 +9,12 @@
  * needed around jansson.  Allocation failures come back to jansson as NULL
  * rather than as a longjmp through its code.
  *
+ * The raw columns are built from the answer's own text with jsonb's input
+ * function, so every number stays as the server wrote it (jansson keeps
+ * doubles and int64 only) and the cost is jsonb_in's, linear in the text.
+ * A value built here from a parsed tree (an answer the API layer made up
+ * while reconciling a repeated call) sorts keys with qsort.
+ *
  * This file must not include utils/builtins.h: its json_object() clashes
  * with jansson's.
  *
@@ -85,20 +91,50 @@ set_jsonb_string(JsonbValue *jv, const char *s, size_t len)
 }
 
 /* jsonb's key order: shorter keys first, then bytewise. */
-static inline int
-key_cmp(const JsonbValue *a, const JsonbValue *b)
+static int
+pair_cmp(const void *pa, const void *pb)
 {
+	const JsonbValue *a = &((const JsonbPair *) pa)->key;
+	const JsonbValue *b = &((const JsonbPair *) pb)->key;
+
 	if (a->val.string.len != b->val.string.len)
 		return a->val.string.len > b->val.string.len ? 1 : -1;
 	return memcmp(a->val.string.val, b->val.string.val, a->val.string.len);
 }
 
+/* The shortest text that reads back as the same double. */
+static void
+real_text(double d, char *buf, size_t len)
+{
+	int			prec;
+
+	for (prec = 15; prec < 17; prec++)
+	{
+		snprintf(buf, len, "%.*g", prec, d);
+		if (strtod(buf, NULL) == d)
+			return;
+	}
+	snprintf(buf, len, "%.17g", d);
+}
+
+Jsonb *
+ae_text_to_jsonb(const char *utf8, size_t len)
+{
+	char	   *text = (char *) utf8;
+
+	CHECK_FOR_INTERRUPTS();
+	if (GetDatabaseEncoding() != PG_UTF8)
+		text = pg_any_to_server(utf8, (int) len, PG_UTF8);
+	else if (utf8[len] != '\0')
+		text = pnstrdup(utf8, len);
+	return DatumGetJsonbP(OidInputFunctionCall(F_JSONB_IN, text, InvalidOid, -1));
+}
+
 /*
  * Builds the JsonbValue tree of a parsed value directly, objects' keys
  * sorted the way jsonb stores them; JsonbValueToJsonb() then serializes it
- * in one pass.  (pushJsonbValue() would copy every value and qsort every
- * object; API objects are small, and their keys are unique already, as
- * jansson keeps only the last of duplicate keys.)
+ * in one pass.  Keys are unique already: jansson keeps only the last of
+ * duplicate keys.
  */
 static void
 json_to_jbv(json_t *v, JsonbValue *out)
@@ -119,18 +155,17 @@ json_to_jbv(json_t *v, JsonbValue *out)
 				pairs = palloc(sizeof(JsonbPair) * Max(n, 1));
 				json_object_foreach(v, key, val)
 				{
-					JsonbPair	p;
-					size_t		j;
+					JsonbPair  *p = &pairs[i];
 
-					set_jsonb_string(&p.key, key, strlen(key));
-					json_to_jbv(val, &p.value);
-					p.order = (uint32) i;
-					/* insertion sort: objects here have a dozen keys at most */
-					for (j = i; j > 0 && key_cmp(&pairs[j - 1].key, &p.key) > 0; j--)
-						pairs[j] = pairs[j - 1];
-					pairs[j] = p;
+					if ((i & 1023) == 0)
+						CHECK_FOR_INTERRUPTS();
+					set_jsonb_string(&p->key, key, strlen(key));
+					json_to_jbv(val, &p->value);
+					p->order = (uint32) i;
 					i++;
 				}
+				if (n > 1)
+					qsort(pairs, n, sizeof(JsonbPair), pair_cmp);
 				out->type = jbvObject;
 				out->val.object.nPairs = (int) n;
 				out->val.object.pairs = pairs;
@@ -146,7 +181,11 @@ json_to_jbv(json_t *v, JsonbValue *out)
 				check_stack_depth();
 				elems = palloc(sizeof(JsonbValue) * Max(n, 1));
 				json_array_foreach(v, i, val)
+				{
+					if ((i & 1023) == 0)
+						CHECK_FOR_INTERRUPTS();
 					json_to_jbv(val, &elems[i]);
+				}
 				out->type = jbvArray;
 				out->val.array.nElems = (int) n;
 				out->val.array.elems = elems;
@@ -162,7 +201,7 @@ json_to_jbv(json_t *v, JsonbValue *out)
 			return;
 		case JSON_REAL:
 			out->type = jbvNumeric;
-			snprintf(buf, sizeof(buf), "%.17g", json_real_value(v));
+			real_text(json_real_value(v), buf, sizeof(buf));
 			out->val.numeric = DatumGetNumeric(OidInputFunctionCall(F_NUMERIC_IN, buf,
 																	InvalidOid, -1));
 			return;
@@ -241,6 +280,22 @@ put_time(json_t *obj, const char *key, Datum *value, bool *isnull)
 	*isnull = !time_datum(aej_string(obj, key), value);
 }
 
+Jsonb *
+ae_jsonb_array_item(Jsonb *page, const char *key, uint32 i)
+{
+	JsonbValue	buf;
+	JsonbValue *arr;
+	JsonbValue *item;
+
+	if (page == NULL)
+		return NULL;
+	arr = getKeyJsonValueFromContainer(&page->root, key, strlen(key), &buf);
+	if (arr == NULL || arr->type != jbvBinary)
+		return NULL;
+	item = getIthJsonbValueFromContainer(arr->val.binary.data, i);
+	return item ? JsonbValueToJsonb(item) : NULL;
+}
+
 /*
  * Sets value/isnull from a member of the already built raw jsonb: copying
  * its binary container is far cheaper than building it again.
@@ -267,16 +322,15 @@ check_natts(TupleDesc desc, int natts)
 }
 
 HeapTuple
-ae_environment_tuple(TupleDesc desc, json_t *obj)
+ae_environment_tuple(TupleDesc desc, json_t *obj, Jsonb *raw)
 {
 	Datum		values[11];
 	bool		nulls[11];
 	json_t	   *config = json_object_get(obj, "config");
 
-	Jsonb	   *raw;
-
 	check_natts(desc, 11);
-	raw = ae_json_to_jsonb(obj);
+	if (raw == NULL)
+		raw = ae_json_to_jsonb(obj);
 	put_text(obj, "id", &values[0], &nulls[0]);
 	put_text(obj, "name", &values[1], &nulls[1]);
 	put_text(obj, "description", &values[2], &nulls[2]);
@@ -296,16 +350,15 @@ ae_environment_tuple(TupleDesc desc, json_t *obj)
 }
 
 HeapTuple
-ae_work_tuple(TupleDesc desc, json_t *obj)
+ae_work_tuple(TupleDesc desc, json_t *obj, Jsonb *raw)
 {
 	Datum		values[14];
 	bool		nulls[14];
 	json_t	   *data = json_object_get(obj, "data");
 
-	Jsonb	   *raw;
-
 	check_natts(desc, 14);
-	raw = ae_json_to_jsonb(obj);
+	if (raw == NULL)
+		raw = ae_json_to_jsonb(obj);
 	put_text(obj, "id", &values[0], &nulls[0]);
 	put_text(obj, "environment_id", &values[1], &nulls[1]);
 	put_text(obj, "state", &values[2], &nulls[2]);

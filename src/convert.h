@@ -22,8 +22,16 @@
 extern void ae_jansson_use_palloc(void);
 
 extern Jsonb *ae_json_to_jsonb(json_t *value);
-extern HeapTuple ae_environment_tuple(TupleDesc desc, json_t *obj);
-extern HeapTuple ae_work_tuple(TupleDesc desc, json_t *obj);
+
+/* JSON text (UTF-8) as jsonb, numbers as written; interruptible before. */
+extern Jsonb *ae_text_to_jsonb(const char *utf8, size_t len);
+
+/* Element i of the array member key of a jsonb object, or NULL. */
+extern Jsonb *ae_jsonb_array_item(Jsonb *page, const char *key, uint32 i);
+
+/* raw is the answer built from its text, or NULL to build it from obj. */
+extern HeapTuple ae_environment_tuple(TupleDesc desc, json_t *obj, Jsonb *raw);
+extern HeapTuple ae_work_tuple(TupleDesc desc, json_t *obj, Jsonb *raw);
 extern HeapTuple ae_heartbeat_tuple(TupleDesc desc, json_t *obj);
 extern HeapTuple ae_queue_stats_tuple(TupleDesc desc, json_t *obj);
 

@@ -32,30 +32,47 @@ PG_FUNCTION_INFO_V1(ae_env_archive);
 PG_FUNCTION_INFO_V1(ae_env_get_many);
 
 static Datum
-environment_result(FunctionCallInfo fcinfo, json_t *obj)
+environment_result(FunctionCallInfo fcinfo, AeCall *call)
 {
+	Jsonb	   *raw = NULL;
+	json_t	   *obj;
+
+	call->raw_out = &raw;
+	obj = ae_api_call(call);
 	if (obj == NULL)
 		PG_RETURN_NULL();
-	return HeapTupleGetDatum(ae_environment_tuple(ae_result_desc(fcinfo), obj));
+	return HeapTupleGetDatum(ae_environment_tuple(ae_result_desc(fcinfo), obj, raw));
+}
+
+static Datum
+env_create_body(FunctionCallInfo fcinfo)
+{
+	AeCall		call = {.endpoint = AE_ENV_CREATE};
+
+	call.body = ae_object_body("body", PG_GETARG_JSONB_P(0));
+	return environment_result(fcinfo, &call);
 }
 
 Datum
 ae_env_create(PG_FUNCTION_ARGS)
 {
-	AeCall		call = {.endpoint = AE_ENV_CREATE};
-
-	call.body = ae_object_body("body", PG_GETARG_JSONB_P(0));
-	return environment_result(fcinfo, ae_api_call(&call));
+	return ae_call_once(fcinfo, env_create_body);
 }
 
-Datum
-ae_env_get(PG_FUNCTION_ARGS)
+static Datum
+env_get_body(FunctionCallInfo fcinfo)
 {
 	AeCall		call = {.endpoint = AE_ENV_GET};
 
 	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 	call.missing_ok = PG_GETARG_BOOL(1);
-	return environment_result(fcinfo, ae_api_call(&call));
+	return environment_result(fcinfo, &call);
+}
+
+Datum
+ae_env_get(PG_FUNCTION_ARGS)
+{
+	return ae_call_once(fcinfo, env_get_body);
 }
 
 Datum
@@ -94,17 +111,30 @@ ae_env_list_page(PG_FUNCTION_ARGS)
 	call.query[2].name = "page";
 	if (!PG_ARGISNULL(1))
 		call.query[2].value = ae_text_arg(fcinfo, 1);
-	PG_RETURN_JSONB_P(ae_json_to_jsonb(ae_api_call(&call)));
+	{
+		Jsonb	   *raw = NULL;
+		json_t	   *page;
+
+		call.raw_out = &raw;
+		page = ae_api_call(&call);
+		PG_RETURN_JSONB_P(raw ? raw : ae_json_to_jsonb(page));
+	}
 }
 
-Datum
-ae_env_update(PG_FUNCTION_ARGS)
+static Datum
+env_update_body(FunctionCallInfo fcinfo)
 {
 	AeCall		call = {.endpoint = AE_ENV_UPDATE};
 
 	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 	call.body = ae_object_body("patch", PG_GETARG_JSONB_P(1));
-	return environment_result(fcinfo, ae_api_call(&call));
+	return environment_result(fcinfo, &call);
+}
+
+Datum
+ae_env_update(PG_FUNCTION_ARGS)
+{
+	return ae_call_once(fcinfo, env_update_body);
 }
 
 Datum
@@ -117,13 +147,19 @@ ae_env_delete(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(ae_api_call(&call) != NULL);
 }
 
-Datum
-ae_env_archive(PG_FUNCTION_ARGS)
+static Datum
+env_archive_body(FunctionCallInfo fcinfo)
 {
 	AeCall		call = {.endpoint = AE_ENV_ARCHIVE};
 
 	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
-	return environment_result(fcinfo, ae_api_call(&call));
+	return environment_result(fcinfo, &call);
+}
+
+Datum
+ae_env_archive(PG_FUNCTION_ARGS)
+{
+	return ae_call_once(fcinfo, env_archive_body);
 }
 
 Datum
@@ -140,6 +176,7 @@ ae_env_get_many(PG_FUNCTION_ARGS)
 	int			i;
 	AeCall	   *calls;
 	json_t	  **results;
+	Jsonb	  **raws;
 
 	if (concurrency < 1 || concurrency > AE_MAX_CONCURRENCY)
 		ereport(ERROR,
@@ -153,6 +190,7 @@ ae_env_get_many(PG_FUNCTION_ARGS)
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &nelems);
 	calls = palloc0(sizeof(AeCall) * Max(nelems, 1));
 	results = palloc0(sizeof(json_t *) * Max(nelems, 1));
+	raws = palloc0(sizeof(Jsonb *) * Max(nelems, 1));
 
 	/* Every id is checked before anything is sent; NULLs have no answer. */
 	for (i = 0; i < nelems; i++)
@@ -165,6 +203,7 @@ ae_env_get_many(PG_FUNCTION_ARGS)
 		calls[n].endpoint = AE_ENV_GET;
 		calls[n].args[0] = pnstrdup(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
 		calls[n].missing_ok = true;
+		calls[n].raw_out = &raws[n];
 		ae_check_id("environment_id", calls[n].args[0]);
 		n++;
 	}
@@ -177,7 +216,7 @@ ae_env_get_many(PG_FUNCTION_ARGS)
 			missing++;
 		else
 			tuplestore_puttuple(rsinfo->setResult,
-								ae_environment_tuple(rsinfo->setDesc, results[i]));
+								ae_environment_tuple(rsinfo->setDesc, results[i], raws[i]));
 	}
 	if (missing > 0)
 		ereport(NOTICE,

@@ -32,6 +32,7 @@ char	   *ae_workspace_id = NULL;
 int			ae_timeout_ms = 30000;
 int			ae_connect_timeout_ms = 5000;
 int			ae_max_retries = 2;
+int			ae_max_retry_wait_ms = 60000;
 char	   *ae_ca_file = NULL;
 int			ae_max_response_bytes = 64 * 1024 * 1024;
 char	   *ae_sync_database = NULL;
@@ -344,6 +345,13 @@ ae_define_gucs(void)
 							NULL,
 							&ae_max_retries, 2, 0, 10,
 							PGC_USERSET, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("anthropic.max_retry_wait",
+							"Longest retry-after or retry-after-ms a call waits for.",
+							"A server asking for a longer wait fails the call at once.",
+							&ae_max_retry_wait_ms, 60000, 0, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("anthropic.ca_file",

@@ -22,15 +22,17 @@
  * Response bodies are collected into memory of the caller's context and
  * never grow past anthropic.max_response_bytes.
  *
+ * Whether and when to retry is the retry policy's (retry.c); this file only
+ * says how an attempt ended.  It also watches for libcurl's own re-send of
+ * a request on a reused connection that died (the pre-request callback runs
+ * twice in one attempt), because the server may have acted on the first.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include <curl/curl.h>
-#include <math.h>
-#include <time.h>
 
-#include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -40,13 +42,10 @@
 
 #include "anthropic_env.h"
 #include "http.h"
-#include "stats.h"
+#include "retry.h"
 
 /* How often a running transfer looks at pending interrupts. */
 #define AE_POLL_INTERVAL_MS 20
-
-/* Retry-After values are honoured up to this long (as the SDKs do). */
-#define AE_MAX_RETRY_AFTER_MS 2147483647.0
 
 #define AE_MAX_HEADERS 8
 
@@ -131,8 +130,19 @@ typedef struct AeTransfer
 	uint64		received;
 	bool		running;
 	bool		finished;
+	bool		maybe_acted;	/* see AeHttpResponse */
+	int			prereqs;		/* requests libcurl began in this attempt */
+	long		refused_wait_ms;
 	CURLcode	failure;		/* with AE_ATTEMPT_FAILED */
 } AeTransfer;
+
+/* Runs before libcurl sends the request, once per connection it tries. */
+static int
+prereq_cb(void *clientp, char *primary_ip, char *local_ip, int primary_port, int local_port)
+{
+	(*(int *) clientp)++;
+	return CURL_PREREQFUNC_OK;
+}
 
 static size_t
 body_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
@@ -186,6 +196,11 @@ configure_static_options(CURL *easy)
 	curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "anthropic_env/" AE_VERSION_STRING);
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, body_write_cb);
+	curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, prereq_cb);
+#if LIBCURL_VERSION_NUM >= 0x075700
+	/* Removing a handle must not wait for a resolver thread to return. */
+	curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
+#endif
 	if (ae_ca_file && *ae_ca_file)
 		curl_easy_setopt(easy, CURLOPT_CAINFO, ae_ca_file);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, (void *) (uintptr_t) ae_ca_generation);
@@ -336,49 +351,6 @@ response_header(CURL *easy, const char *name)
 	return NULL;
 }
 
-/* Delay before retry number retries+1, honouring the server's wishes. */
-static long
-retry_delay_ms(CURL *easy, bool have_response, int retries)
-{
-	double		delay = -1;
-
-	if (have_response)
-	{
-		const char *ms = response_header(easy, "retry-after-ms");
-		const char *s = response_header(easy, "retry-after");
-		char	   *end;
-
-		if (ms)
-		{
-			double		v = strtod(ms, &end);
-
-			if (end != ms && *end == '\0' && isfinite(v))
-				delay = v;
-		}
-		if (delay <= 0 && s)
-		{
-			double		v = strtod(s, &end);
-
-			if (end != s && *end == '\0' && isfinite(v))
-				delay = v * 1000.0;
-			else
-			{
-				time_t		t = curl_getdate(s, NULL);
-
-				if (t > 0)
-					delay = difftime(t, time(NULL)) * 1000.0;
-			}
-		}
-	}
-	if (!(delay > 0 && delay <= AE_MAX_RETRY_AFTER_MS))
-	{
-		double		base = Min(0.5 * pow(2.0, retries), 8.0);
-
-		delay = base * (1.0 - pg_prng_double(&pg_global_prng_state) * 0.25) * 1000.0;
-	}
-	return (long) ceil(delay);
-}
-
 /* Transport errors after which the server cannot have seen the request. */
 static bool
 nothing_was_sent(CURLcode rc)
@@ -399,14 +371,6 @@ permanent_transport_error(CURLcode rc)
 		rc == CURLE_URL_MALFORMAT ||
 		rc == CURLE_WRITE_ERROR ||
 		rc == CURLE_OUT_OF_MEMORY;
-}
-
-static bool
-status_is_retryable(long status, AeRetryClass retry)
-{
-	if (retry == AE_RETRY_CREATE)
-		return status == 429 || status == 503 || status == 529;
-	return status == 408 || status == 409 || status == 429 || status >= 500;
 }
 
 static void
@@ -496,12 +460,31 @@ log_attempt(const AeTransfer *t, CURLcode rc, long status, const char *request_i
 				 errhidestmt(true), errhidecontext(true)));
 }
 
+/* Fills in what every final outcome carries and tells the caller. */
 static void
-record_stats(const AeTransfer *t, long status, const char *request_id)
+report_final(AeTransfer *t)
 {
-	ae_stats_record(t->req->endpoint, status, t->attempt - 1,
-					(int64) (GetCurrentTimestamp() - t->call_start),
-					t->sent, t->received, request_id);
+	AeHttpResponse *resp = t->resp;
+
+	resp->attempts = t->attempt;
+	resp->maybe_acted = t->maybe_acted;
+	resp->refused_wait_ms = t->refused_wait_ms;
+	resp->elapsed_us = (int64) (GetCurrentTimestamp() - t->call_start);
+	resp->bytes_sent = t->sent;
+	resp->bytes_received = t->received;
+	if (t->req->on_final)
+		t->req->on_final(t->req->on_final_arg, resp);
+}
+
+/* How an attempt that got no answer ended, for the retry policy. */
+static AeAttemptEnd
+attempt_end(const AeTransfer *t, CURLcode rc)
+{
+	if (t->body.too_large || t->body.out_of_memory || permanent_transport_error(rc))
+		return AE_END_PERMANENT;
+	if (nothing_was_sent(rc) || t->prereqs == 0)
+		return AE_END_NOT_SENT;
+	return AE_END_LOST;
 }
 
 /* Prepares a transfer: URL, header chain, body buffer. */
@@ -550,7 +533,6 @@ transfer_init(AeTransfer *t, const AeHttpRequest *req, AeHttpResponse *resp, CUR
 	t->timeout_ms = (long) ae_timeout_ms + req->extra_timeout_ms;
 	t->body.cxt = CurrentMemoryContext;
 	t->body.limit = (size_t) ae_max_response_bytes;
-	t->call_start = GetCurrentTimestamp();
 }
 
 /* Starts the next attempt: sets the per-request options, joins the multi. */
@@ -565,8 +547,10 @@ transfer_start(AeTransfer *t)
 	t->body.too_large = false;
 	t->body.out_of_memory = false;
 	t->errbuf[0] = '\0';
+	t->prereqs = 0;
 
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
+	curl_easy_setopt(easy, CURLOPT_PREREQDATA, &t->prereqs);
 	curl_easy_setopt(easy, CURLOPT_URL, t->url);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, &t->body);
@@ -600,6 +584,9 @@ transfer_start(AeTransfer *t)
 			break;
 	}
 
+	/* A batch's latency counts from its send, not from its queueing. */
+	if (t->attempt == 0)
+		t->call_start = GetCurrentTimestamp();
 	t->attempt++;
 	if (ae_log_requests)
 		t->attempt_start = GetCurrentTimestamp();
@@ -632,56 +619,46 @@ transfer_finish(AeTransfer *t, CURLcode rc)
 	CURL	   *easy = t->easy;
 	long		status = 0;
 	const char *rid = NULL;
-	const char *xsr;
-	bool		retry;
 	char	   *ctype = NULL;
+	AeAttemptEnd end;
+	AeRetryHeaders hdrs = {NULL, NULL, NULL};
+	AeRetryDecision d;
 
 	if (rc == CURLE_OK)
 	{
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
 		rid = response_header(easy, "request-id");
+		hdrs.should_retry = response_header(easy, "x-should-retry");
+		hdrs.retry_after_ms = response_header(easy, "retry-after-ms");
+		hdrs.retry_after = response_header(easy, "retry-after");
 	}
 	count_bytes(t);
 	if (ae_log_requests)
 		log_attempt(t, rc, status, rid);
 
+	/* libcurl sent the request twice: the first may have been carried out. */
+	if (t->prereqs > 1)
+		t->maybe_acted = true;
+	end = rc == CURLE_OK ? AE_END_ANSWER : attempt_end(t, rc);
+	d = ae_retry_decide(t->req->retry, end, status, &hdrs, t->attempt);
+	if (d.retry)
+	{
+		if (ae_retry_may_have_acted(end, status))
+			t->maybe_acted = true;
+		t->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), d.delay_ms);
+		return AE_ATTEMPT_RETRY;
+	}
+	t->refused_wait_ms = d.refused_wait_ms;
+
 	if (rc != CURLE_OK)
 	{
-		retry = !t->body.too_large && !t->body.out_of_memory &&
-			!permanent_transport_error(rc) &&
-			(t->req->retry == AE_RETRY_SAFE || nothing_was_sent(rc)) &&
-			t->attempt <= ae_max_retries;
-		if (retry)
-		{
-			t->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														retry_delay_ms(easy, false, t->attempt - 1));
-			return AE_ATTEMPT_RETRY;
-		}
-		record_stats(t, AE_OUTCOME_TRANSPORT, NULL);
+		t->resp->transport_failed = true;
+		report_final(t);
 		t->failure = rc;
 		return AE_ATTEMPT_FAILED;
 	}
 
-	xsr = response_header(easy, "x-should-retry");
-	if (status >= 200 && status < 300)
-		retry = false;
-	else if (xsr && pg_strcasecmp(xsr, "true") == 0)
-		retry = true;
-	else if (xsr && pg_strcasecmp(xsr, "false") == 0)
-		retry = false;
-	else
-		retry = status_is_retryable(status, t->req->retry);
-
-	if (retry && t->attempt <= ae_max_retries)
-	{
-		t->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													retry_delay_ms(easy, true, t->attempt - 1));
-		return AE_ATTEMPT_RETRY;
-	}
-
-	record_stats(t, status, rid);
 	t->resp->status = status;
-	t->resp->attempts = t->attempt;
 	if (rid)
 		strlcpy(t->resp->request_id, rid, sizeof(t->resp->request_id));
 	curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &ctype);
@@ -692,6 +669,7 @@ transfer_finish(AeTransfer *t, CURLcode rc)
 	t->body.data[t->body.len] = '\0';
 	t->resp->body = t->body.data;
 	t->resp->body_len = t->body.len;
+	report_final(t);
 	return AE_ATTEMPT_DONE;
 }
 
@@ -836,6 +814,8 @@ transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 wait_ms, request_wait_event());
 			ResetLatch(MyLatch);
+			/* WaitLatch ended the wait event; the next attempt shows it too. */
+			pgstat_report_wait_start(request_wait_event());
 		}
 	}
 }

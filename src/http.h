@@ -4,25 +4,23 @@
  *		Transport layer: one request to the API, with retries.
  *
  * The caller (api.c) says what to send; this layer owns libcurl, the
- * headers, timeouts, interrupts, the response-size cap and the retry
- * policy.  It knows nothing of endpoints or JSON.
+ * headers, timeouts, interrupts and the response-size cap.  It asks the
+ * retry policy (retry.h) after each attempt, and tells the caller about
+ * each call's final outcome through the request's on_final callback (for
+ * statistics).  It knows nothing of endpoints or JSON.
  *
  *-------------------------------------------------------------------------
  */
 #ifndef AE_HTTP_H
 #define AE_HTTP_H
 
+#include "retry.h"
+
 typedef enum AeCredential
 {
 	AE_CRED_API_KEY,			/* x-api-key */
 	AE_CRED_ENVIRONMENT			/* Bearer environment key, else x-api-key */
 } AeCredential;
-
-typedef enum AeRetryClass
-{
-	AE_RETRY_SAFE,				/* GETs and POSTs that cannot act twice */
-	AE_RETRY_CREATE				/* only when the server surely did nothing */
-} AeRetryClass;
 
 typedef enum AeMethod
 {
@@ -31,9 +29,10 @@ typedef enum AeMethod
 	AE_DELETE
 } AeMethod;
 
+struct AeHttpResponse;
+
 typedef struct AeHttpRequest
 {
-	int			endpoint;		/* AeEndpointId, for statistics and logs */
 	AeMethod	method;
 	const char *method_name;
 	const char *path;			/* encoded path and query, from "/v1/..." */
@@ -45,6 +44,9 @@ typedef struct AeHttpRequest
 	const char *bearer_key;		/* this environment's own key, or NULL */
 	AeRetryClass retry;
 	int			extra_timeout_ms;	/* a long poll's block_ms */
+	/* Called once per call with its final outcome, before any raise. */
+	void		(*on_final) (void *arg, const struct AeHttpResponse *resp);
+	void	   *on_final_arg;
 } AeHttpRequest;
 
 typedef struct AeHttpResponse
@@ -56,6 +58,13 @@ typedef struct AeHttpResponse
 	bool		json_content;	/* content type is application/json */
 	int			attempts;
 	char	   *transport_error;	/* ae_http_execute_each(): why status is 0 */
+	bool		transport_failed;	/* no answer: status is 0 */
+	/* An earlier attempt, or a re-send by libcurl, may have reached the server. */
+	bool		maybe_acted;
+	long		refused_wait_ms;	/* > 0: a retry-after beyond max_retry_wait */
+	int64		elapsed_us;		/* from the first attempt's start */
+	uint64		bytes_sent;
+	uint64		bytes_received;
 } AeHttpResponse;
 
 /*

@@ -11,35 +11,167 @@
  * functions are inlinable SQL wrappers that call this SRF from a target
  * list, where rows stream and a LIMIT stops the fetching.
  *
+ * PostgreSQL expands (f(x)).* into one copy of the call per column, each
+ * with its own FmgrInfo, all made from one parse node and so sharing its
+ * location.  ae_call_once() lets those copies share one request per row:
+ * copies of one call site (same function, location and arguments) in one
+ * query count their calls, and a copy whose n-th call another copy has
+ * already made takes that call's result.  A call the query runs once per
+ * row is one copy called again, so it still sends one request per row.
+ * Where the location is unknown (a view's stored query keeps none), every
+ * copy runs on its own.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
+#include "utils/datum.h"
 #include "utils/memutils.h"
 
 #include "convert.h"
 #include "sqlfuncs.h"
 
+/* The result of one call site's latest call, shared by its copies. */
+typedef struct AeCallSite
+{
+	struct AeCallSite *next;
+	MemoryContext cxt;			/* the query's; the entry lives in it */
+	Oid			fn_oid;
+	int			location;
+	Node	   *expr;
+	uint64		calls;			/* number of the call whose result is held */
+	bool		isnull;
+	Datum		value;			/* a composite datum, in cxt */
+	MemoryContextCallback cb;
+} AeCallSite;
+
+/* What one copy of a call keeps in fn_extra. */
+typedef struct AeFnState
+{
+	TupleDesc	desc;
+	AeCallSite *site;			/* NULL: no sharing */
+	uint64		calls;
+	bool		site_known;
+} AeFnState;
+
+static AeCallSite *ae_sites = NULL;
+
+static void
+forget_site(void *arg)
+{
+	AeCallSite **p;
+
+	for (p = &ae_sites; *p; p = &(*p)->next)
+	{
+		if (*p == (AeCallSite *) arg)
+		{
+			*p = (*p)->next;
+			return;
+		}
+	}
+}
+
+static AeFnState *
+fn_state(FunctionCallInfo fcinfo)
+{
+	AeFnState  *st = (AeFnState *) fcinfo->flinfo->fn_extra;
+
+	if (st == NULL)
+	{
+		st = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(AeFnState));
+		fcinfo->flinfo->fn_extra = st;
+	}
+	return st;
+}
+
 TupleDesc
 ae_result_desc(FunctionCallInfo fcinfo)
 {
-	TupleDesc	desc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	AeFnState  *st = fn_state(fcinfo);
 
-	if (desc == NULL)
+	if (st->desc == NULL)
 	{
 		MemoryContext old;
+		TupleDesc	desc;
 
 		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("function returning record called in context that cannot accept type record")));
 		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		desc = BlessTupleDesc(CreateTupleDescCopy(desc));
+		st->desc = BlessTupleDesc(CreateTupleDescCopy(desc));
 		MemoryContextSwitchTo(old);
-		fcinfo->flinfo->fn_extra = desc;
 	}
-	return desc;
+	return st->desc;
+}
+
+static AeCallSite *
+find_site(FunctionCallInfo fcinfo)
+{
+	FmgrInfo   *flinfo = fcinfo->flinfo;
+	Node	   *expr = flinfo->fn_expr;
+	int			location = expr ? exprLocation(expr) : -1;
+	AeCallSite *site;
+
+	if (location < 0)
+		return NULL;
+	for (site = ae_sites; site; site = site->next)
+		if (site->cxt == flinfo->fn_mcxt && site->fn_oid == flinfo->fn_oid &&
+			site->location == location && equal(site->expr, expr))
+			return site;
+	site = MemoryContextAllocZero(flinfo->fn_mcxt, sizeof(AeCallSite));
+	site->cxt = flinfo->fn_mcxt;
+	site->fn_oid = flinfo->fn_oid;
+	site->location = location;
+	site->expr = expr;
+	site->cb.func = forget_site;
+	site->cb.arg = site;
+	MemoryContextRegisterResetCallback(site->cxt, &site->cb);
+	site->next = ae_sites;
+	ae_sites = site;
+	return site;
+}
+
+Datum
+ae_call_once(FunctionCallInfo fcinfo, Datum (*body) (FunctionCallInfo fcinfo))
+{
+	AeFnState  *st = fn_state(fcinfo);
+	AeCallSite *site;
+	Datum		result;
+
+	if (!st->site_known)
+	{
+		st->site = find_site(fcinfo);
+		st->site_known = true;
+	}
+	site = st->site;
+	st->calls++;
+	if (site && site->calls == st->calls)
+	{
+		if (site->isnull)
+			PG_RETURN_NULL();
+		return datumCopy(site->value, false, -1);
+	}
+
+	result = body(fcinfo);
+	if (site)
+	{
+		if (!site->isnull && site->calls > 0)
+			pfree(DatumGetPointer(site->value));
+		site->isnull = fcinfo->isnull;
+		if (!fcinfo->isnull)
+		{
+			MemoryContext old = MemoryContextSwitchTo(site->cxt);
+
+			site->value = datumCopy(result, false, -1);
+			MemoryContextSwitchTo(old);
+		}
+		site->calls = st->calls;
+	}
+	return result;
 }
 
 char *
@@ -80,6 +212,7 @@ typedef struct AeListState
 	int			page_slot;		/* query slot that carries the cursor */
 	MemoryContext page_cxt;		/* holds the current page only */
 	json_t	   *items;
+	Jsonb	   *page_raw;		/* the page as jsonb, numbers as written */
 	size_t		next;
 	char	   *cursor;			/* next page's cursor, in the SRF context */
 	bool		fetched;
@@ -96,6 +229,8 @@ fetch_page(AeListState *st, MemoryContext srf_cxt)
 	MemoryContextReset(st->page_cxt);
 	old = MemoryContextSwitchTo(st->page_cxt);
 	st->call.query[st->page_slot].value = st->cursor;
+	st->page_raw = NULL;
+	st->call.raw_out = &st->page_raw;
 	page = ae_api_call(&st->call);
 	MemoryContextSwitchTo(old);
 
@@ -118,6 +253,7 @@ ae_list_srf(FunctionCallInfo fcinfo, const AeCall *call)
 	AeListState *st;
 	json_t	   *item;
 	HeapTuple	tuple;
+	Jsonb	   *raw;
 	char		errbuf[256];
 	const char *msg;
 
@@ -167,6 +303,7 @@ ae_list_srf(FunctionCallInfo fcinfo, const AeCall *call)
 		fetch_page(st, funcctx->multi_call_memory_ctx);
 	}
 
+	CHECK_FOR_INTERRUPTS();
 	item = json_array_get(st->items, st->next++);
 	msg = aej_check_shape(item, st->item_shape, errbuf, sizeof(errbuf));
 	if (msg)
@@ -174,9 +311,10 @@ ae_list_srf(FunctionCallInfo fcinfo, const AeCall *call)
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("malformed answer from the Anthropic API"),
 				 errdetail_internal("List item %zu: %s", st->next, msg)));
+	raw = ae_jsonb_array_item(st->page_raw, "data", (uint32) (st->next - 1));
 	if (st->item_shape == AEJ_WORK)
-		tuple = ae_work_tuple(funcctx->tuple_desc, item);
+		tuple = ae_work_tuple(funcctx->tuple_desc, item, raw);
 	else
-		tuple = ae_environment_tuple(funcctx->tuple_desc, item);
+		tuple = ae_environment_tuple(funcctx->tuple_desc, item, raw);
 	SRF_RETURN_NEXT(funcctx, HeapTupleGetDatum(tuple));
 }

@@ -14,6 +14,12 @@
 
 #include "api.h"
 
+/*
+ * Runs body (a function returning a composite or NULL) once per row for all
+ * copies of one call site, as (f(x)).* makes them; sqlfuncs.c has the rule.
+ */
+extern Datum ae_call_once(FunctionCallInfo fcinfo, Datum (*body) (FunctionCallInfo fcinfo));
+
 /* The function's composite result type, cached for the query's lifetime. */
 extern TupleDesc ae_result_desc(FunctionCallInfo fcinfo);
 

@@ -38,11 +38,16 @@ set_work_ids(FunctionCallInfo fcinfo, AeCall *call)
 }
 
 static Datum
-work_result(FunctionCallInfo fcinfo, json_t *obj)
+work_result(FunctionCallInfo fcinfo, AeCall *call)
 {
+	Jsonb	   *raw = NULL;
+	json_t	   *obj;
+
+	call->raw_out = &raw;
+	obj = ae_api_call(call);
 	if (obj == NULL)
 		PG_RETURN_NULL();
-	return HeapTupleGetDatum(ae_work_tuple(ae_result_desc(fcinfo), obj));
+	return HeapTupleGetDatum(ae_work_tuple(ae_result_desc(fcinfo), obj, raw));
 }
 
 Datum
@@ -51,8 +56,10 @@ ae_work_poll(PG_FUNCTION_ARGS)
 	AeCall		call = {.endpoint = AE_WORK_POLL};
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	json_t	   *item;
+	Jsonb	   *raw = NULL;
 
 	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
+	call.raw_out = &raw;
 	call.query[0].name = "block_ms";
 	if (!PG_ARGISNULL(1))
 	{
@@ -96,21 +103,27 @@ ae_work_poll(PG_FUNCTION_ARGS)
 	item = ae_api_call(&call);
 	if (item != NULL)
 		tuplestore_puttuple(rsinfo->setResult,
-							ae_work_tuple(rsinfo->setDesc, item));
+							ae_work_tuple(rsinfo->setDesc, item, raw));
 	return (Datum) 0;
+}
+
+static Datum
+work_ack_body(FunctionCallInfo fcinfo)
+{
+	AeCall		call = {.endpoint = AE_WORK_ACK};
+
+	set_work_ids(fcinfo, &call);
+	return work_result(fcinfo, &call);
 }
 
 Datum
 ae_work_ack(PG_FUNCTION_ARGS)
 {
-	AeCall		call = {.endpoint = AE_WORK_ACK};
-
-	set_work_ids(fcinfo, &call);
-	return work_result(fcinfo, ae_api_call(&call));
+	return ae_call_once(fcinfo, work_ack_body);
 }
 
-Datum
-ae_work_heartbeat(PG_FUNCTION_ARGS)
+static Datum
+work_heartbeat_body(FunctionCallInfo fcinfo)
 {
 	AeCall		call = {.endpoint = AE_WORK_HEARTBEAT};
 	json_t	   *answer;
@@ -135,23 +148,42 @@ ae_work_heartbeat(PG_FUNCTION_ARGS)
 }
 
 Datum
-ae_work_stop(PG_FUNCTION_ARGS)
+ae_work_heartbeat(PG_FUNCTION_ARGS)
+{
+	return ae_call_once(fcinfo, work_heartbeat_body);
+}
+
+static Datum
+work_stop_body(FunctionCallInfo fcinfo)
 {
 	AeCall		call = {.endpoint = AE_WORK_STOP};
 
 	set_work_ids(fcinfo, &call);
-	call.body = PG_GETARG_BOOL(2) ? "{\"force\":true}" : "{}";
-	return work_result(fcinfo, ae_api_call(&call));
+	call.stop_force = PG_GETARG_BOOL(2);
+	call.body = call.stop_force ? "{\"force\":true}" : "{}";
+	return work_result(fcinfo, &call);
 }
 
 Datum
-ae_work_get(PG_FUNCTION_ARGS)
+ae_work_stop(PG_FUNCTION_ARGS)
+{
+	return ae_call_once(fcinfo, work_stop_body);
+}
+
+static Datum
+work_get_body(FunctionCallInfo fcinfo)
 {
 	AeCall		call = {.endpoint = AE_WORK_GET};
 
 	set_work_ids(fcinfo, &call);
 	call.missing_ok = PG_GETARG_BOOL(2);
-	return work_result(fcinfo, ae_api_call(&call));
+	return work_result(fcinfo, &call);
+}
+
+Datum
+ae_work_get(PG_FUNCTION_ARGS)
+{
+	return ae_call_once(fcinfo, work_get_body);
 }
 
 Datum
@@ -172,23 +204,35 @@ ae_work_list_rows(PG_FUNCTION_ARGS)
 	return ae_list_srf(fcinfo, &call);
 }
 
-Datum
-ae_work_update(PG_FUNCTION_ARGS)
+static Datum
+work_update_body(FunctionCallInfo fcinfo)
 {
 	AeCall		call = {.endpoint = AE_WORK_UPDATE};
 
 	set_work_ids(fcinfo, &call);
 	call.body = psprintf("{\"metadata\": %s}",
 						 ae_object_body("metadata", PG_GETARG_JSONB_P(2)));
-	return work_result(fcinfo, ae_api_call(&call));
+	return work_result(fcinfo, &call);
 }
 
 Datum
-ae_work_stats(PG_FUNCTION_ARGS)
+ae_work_update(PG_FUNCTION_ARGS)
+{
+	return ae_call_once(fcinfo, work_update_body);
+}
+
+static Datum
+work_stats_body(FunctionCallInfo fcinfo)
 {
 	AeCall		call = {.endpoint = AE_WORK_STATS};
 
 	call.args[0] = ae_id_arg(fcinfo, 0, "environment_id");
 	return HeapTupleGetDatum(ae_queue_stats_tuple(ae_result_desc(fcinfo),
 												  ae_api_call(&call)));
+}
+
+Datum
+ae_work_stats(PG_FUNCTION_ARGS)
+{
+	return ae_call_once(fcinfo, work_stats_body);
 }
