@@ -27,7 +27,8 @@ OBJS = \
 	src/envkeys.o \
 	src/leases.o \
 	src/claim.o \
-	src/keeper.o
+	src/keeper.o \
+	src/keycheck.o
 
 # 0.1.0 stays exactly as released; every later change is an upgrade step,
 # and CREATE EXTENSION at 0.2.0 runs 0.1.0 followed by the steps.

@@ -3,11 +3,14 @@
  * anthropic_env.c
  *		Module initialization for anthropic_env.
  *
- * Loaded from shared_preload_libraries (needed for the sync worker and its
- * shared state) or on first use.  It defines the anthropic.* settings,
- * routes jansson's allocations through palloc, installs the hook that
- * keeps keys out of log lines and, when preloaded, asks for shared memory
- * and registers the sync worker.
+ * Meant to be loaded from shared_preload_libraries: only then is the
+ * masking of keys in place in every process, the postmaster's reload
+ * messages included, and only then is the key setting's check hook there to
+ * refuse ALTER ROLE ... SET of a key.  Loaded on first use instead, it
+ * warns and sends no request (api.c).  It defines the anthropic.*
+ * settings, routes jansson's allocations through palloc, installs the
+ * masking hooks and, when preloaded, asks for shared memory and registers
+ * the workers.
  *
  *-------------------------------------------------------------------------
  */
@@ -21,6 +24,7 @@
 #include "convert.h"
 #include "envkeys.h"
 #include "keeper.h"
+#include "keycheck.h"
 #include "leases.h"
 #include "redact.h"
 #include "stats.h"
@@ -62,7 +66,15 @@ _PG_init(void)
 	ae_envkeys_install();
 
 	if (!process_shared_preload_libraries_in_progress)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("anthropic_env is not loaded through shared_preload_libraries"),
+				 errdetail("Without it PostgreSQL can write keys to the server log and pg_db_role_setting, so no request will be sent."),
+				 errhint("Add anthropic_env to shared_preload_libraries in postgresql.conf and restart the server.")));
 		return;
+	}
+	ae_preloaded = true;
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = ae_shmem_request;
@@ -70,4 +82,5 @@ _PG_init(void)
 	shmem_startup_hook = ae_shmem_startup;
 	ae_worker_register();
 	ae_keeper_register();
+	ae_keycheck_register();
 }

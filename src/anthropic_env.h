@@ -38,6 +38,16 @@ extern bool ae_track_requests;
  */
 extern uint64 ae_header_generation;
 
+/* Loaded from shared_preload_libraries: required before any key is sent. */
+extern bool ae_preloaded;
+
+/*
+ * Called by the key settings' check hook with every value being assigned,
+ * before it is validated, so that it is masked from then on; set by the
+ * masking layer (redact.c), which sits above the settings.
+ */
+extern void (*ae_key_assign_hook) (const char *value);
+
 extern void ae_define_gucs(void);
 
 /* The API key in force: the GUC, else the server's ANTHROPIC_API_KEY. */

@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "anthropic_env.h"
 #include "mb/pg_wchar.h"
 #include "utils/jsonb.h"
 
@@ -22,6 +23,7 @@
 #include "convert.h"
 #include "envkeys.h"
 #include "http.h"
+#include "redact.h"
 #include "retry.h"
 #include "stats.h"
 
@@ -198,7 +200,8 @@ sqlstate_for_status(long status)
 static char *
 server_text(const char *utf8)
 {
-	return ae_from_utf8(utf8, strlen(utf8));
+	/* A server may echo a key back; what it says is shown masked. */
+	return ae_redact_text(ae_from_utf8(utf8, strlen(utf8)));
 }
 
 /* Raises the error an unsuccessful answer stands for. */
@@ -264,9 +267,9 @@ raise_malformed(const AeHttpResponse *resp, const char *why)
 	ereport(ERROR,
 			(errcode(ERRCODE_CONNECTION_FAILURE),
 			 errmsg("malformed answer from the Anthropic API"),
-			 errdetail_internal("%s HTTP status %ld%s%s.", why, resp->status,
-								resp->request_id[0] ? ", request id " : "",
-								resp->request_id)));
+			 errdetail_internal("%s", ae_redact_text(psprintf("%s HTTP status %ld%s%s.", why, resp->status,
+															 resp->request_id[0] ? ", request id " : "",
+															 resp->request_id)))));
 }
 
 /* Everything a call needs while in flight: request, path, error context. */
@@ -296,6 +299,17 @@ prepare_call(const AeCall *call, AePrepared *p)
 	int			argno = 0;
 	int			i;
 	bool		first = true;
+
+	/*
+	 * Only a preloaded library masks keys in every process; without it a
+	 * reload or a log line can show them, so nothing carries one out.
+	 */
+	if (!ae_preloaded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("anthropic_env must be loaded through shared_preload_libraries to send requests"),
+				 errdetail("Without it PostgreSQL can write keys to the server log and pg_db_role_setting."),
+				 errhint("Add anthropic_env to shared_preload_libraries in postgresql.conf and restart the server.")));
 
 	initStringInfo(&path);
 	for (t = ep->path; *t; t++)

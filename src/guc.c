@@ -44,6 +44,9 @@ bool		ae_track_requests = true;
 
 uint64		ae_header_generation = 1;
 
+bool		ae_preloaded = false;
+void		(*ae_key_assign_hook) (const char *value) = NULL;
+
 #define AE_DEFAULT_BASE_URL "https://api.anthropic.com"
 #define AE_KEY_MASK "********"
 
@@ -176,6 +179,9 @@ source_is_catalog(GucSource source)
 static bool
 check_key(char **newval, void **extra, GucSource source)
 {
+	if (*newval && **newval && ae_key_assign_hook)
+		ae_key_assign_hook(*newval);
+
 	/* Never let PostgreSQL's generic message quote the value. */
 	if (*newval && **newval && source_is_catalog(source))
 	{

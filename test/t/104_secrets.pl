@@ -368,7 +368,8 @@ my $tail = substr($log, $pos);
 like($tail, qr/parameter "work_mem" changed to "5MB"/, 'the reload was logged');
 like($tail, qr/parameter "anthropic\.environment_key" changed to "\*{8}"/,
 	'the rotated key is masked in PostgreSQL\'s "changed to" line');
-like($tail, qr/statement: <a statement that sets an Anthropic key, not shown>/, 'a typed SET is logged masked');
+like($tail, qr/statement: SET anthropic\.api_key = '\*{8}'/, 'a typed SET is logged with its value masked');
+like($tail, qr/statement: SET anthropic\.api_key = \$\$\*{8}\$\$/, 'a dollar-quoted value too');
 for my $k (@KEYS, $K3, $ATTEMPT)
 {
 	unlike($log, qr/\Q$k\E/, "the server log (debug5, log_statement = all) never holds $k");
