@@ -43,18 +43,23 @@
 
 #include <ctype.h>
 
+#include "common/hashfn.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "nodes/parsenodes.h"
 #include "parser/analyze.h"
+#include "parser/parser.h"
+#include "executor/executor.h"
 #include "pgstat.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
 #include "utils/backend_status.h"
 #include "utils/elog.h"
 #include "utils/formatting.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/varlena.h"
 
@@ -63,8 +68,13 @@
 
 #define AE_MASK "********"
 
-/* Shorter values would mask innocent text; no real key is this short. */
-#define AE_MIN_SECRET 6
+/*
+ * Shorter values would mask innocent words for the rest of the session; no
+ * real key is this short.  Values taken from the statement that is running
+ * are masked only in its own messages, so a shorter bound does for them.
+ */
+#define AE_MIN_SECRET 10
+#define AE_MIN_STATEMENT_VALUE 4
 
 /* Values remembered for masking; the oldest assigned ones go first. */
 #define AE_MAX_SECRETS 1024
@@ -72,9 +82,13 @@
 static emit_log_hook_type prev_emit_log_hook = NULL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
+static ExecutorStart_hook_type prev_executor_start_hook = NULL;
 
 /* Values to mask, in TopMemoryContext, oldest first. */
 static List *secrets = NIL;
+
+/* Bumped whenever a value is registered, so cached checks are redone. */
+static uint64 secrets_gen = 0;
 
 /*
  * Writable copies of statement texts handed down the hook chain while their
@@ -105,6 +119,7 @@ typedef struct
 	int			cstart;			/* what is between the quotes */
 	int			cend;
 	char	   *decoded;		/* quoted kinds: the value, escapes undone */
+	bool		sensitive;		/* part of a statement that could set a key */
 } Tok;
 
 static int
@@ -302,8 +317,7 @@ uescape_after(const char *s, int len, int *i)
 /*
  * Splits SQL text into tokens.  Not PostgreSQL's lexer, but it agrees with
  * it on where literals, quoted identifiers, dollar quotes and comments
- * begin and end, which is all the masking needs; standard_conforming_strings
- * is taken to be on, as it is by default.
+ * begin and end, which is all the masking needs.
  */
 static List *
 tokenize(const char *s, int len)
@@ -394,12 +408,15 @@ tokenize(const char *s, int len)
 		}
 		else if (c == '\'' || c == '"')
 		{
-			int			close = quoted_end(s, len, i + 1, c, false);
+			/* Without standard_conforming_strings, '' takes backslashes. */
+			bool		esc = c == '\'' && !standard_conforming_strings;
+			int			close = quoted_end(s, len, i + 1, c, esc);
 
 			t->kind = c == '\'' ? TOK_STRING : TOK_QIDENT;
 			t->cstart = i + 1;
 			t->cend = close;
-			t->decoded = decode_doubled(s + t->cstart, close - t->cstart, c);
+			t->decoded = esc ? decode_escape_string(s + t->cstart, close - t->cstart)
+				: decode_doubled(s + t->cstart, close - t->cstart, c);
 			i = close < len ? close + 1 : len;
 		}
 		else if (c == '$' && i + 1 < len && (s[i + 1] == '$' || is_ident_start((unsigned char) s[i + 1])))
@@ -451,51 +468,150 @@ find_ci(const char *haystack, const char *needle)
 	return NULL;
 }
 
-/* The text as the parser sees names and values: decoded, lower case. */
-static void
-fold_into(StringInfo out, const char *s, int len, int depth)
+/*
+ * Two string literals separated by whitespace with a newline are one
+ * (SQL's continuation): 'anthropic.environment_k'<newline>'ey'.
+ */
+static bool
+continues(const char *s, const Tok *prev, const Tok *t)
 {
-	List	   *toks = tokenize(s, len);
-	ListCell   *lc;
+	bool		newline = false;
+	int			i;
 
-	foreach(lc, toks)
+	if (prev == NULL || prev->kind != TOK_STRING || t->kind != TOK_STRING ||
+		s[t->start] != '\'')
+		return false;
+	for (i = prev->end; i < t->start; i++)
 	{
-		Tok		   *t = lfirst(lc);
+		if (s[i] == '\n')
+			newline = true;
+		else if (!isspace((unsigned char) s[i]))
+			return false;
+	}
+	return newline;
+}
 
+static void fold_text(StringInfo out, const char *s, int len, int depth);
+
+/* Appends the tokens [from, to) as the parser sees them: decoded. */
+static void
+fold_tokens(StringInfo out, List *toks, int from, int to, const char *s, int depth)
+{
+	Tok		   *prev = NULL;
+	int			i;
+
+	for (i = from; i < to; i++)
+	{
+		Tok		   *t = list_nth(toks, i);
+
+		if (!continues(s, prev, t))
+			appendStringInfoChar(out, ' ');
 		if (t->kind == TOK_DOLLAR && depth < 4)
-			fold_into(out, s + t->cstart, t->cend - t->cstart, depth + 1);
+			fold_text(out, s + t->cstart, t->cend - t->cstart, depth + 1);
 		else if (t->decoded)
 			appendStringInfoString(out, t->decoded);
 		else
 			appendBinaryStringInfo(out, s + t->start, t->end - t->start);
-		appendStringInfoChar(out, ' ');
+		if (t->kind != TOK_COMMENT)
+			prev = t;
 	}
 }
 
+static void
+fold_text(StringInfo out, const char *s, int len, int depth)
+{
+	List	   *toks = tokenize(s, len);
+
+	fold_tokens(out, toks, 0, list_length(toks), s, depth);
+}
+
+/* Does folded text say "key" with "anthropic" or "set_config"? */
+static bool
+folded_is_sensitive(StringInfo f)
+{
+	char	   *low = asc_tolower(f->data, f->len);
+	bool		result = strstr(low, "key") &&
+		(strstr(low, "anthropic") || strstr(low, "set_config"));
+
+	pfree(low);
+	return result;
+}
+
+static bool
+is_semicolon(const char *s, const Tok *t)
+{
+	return t->kind == TOK_OTHER && s[t->start] == ';';
+}
+
 /*
- * Could this statement set a key?  It says "key" with "anthropic" or
- * "set_config", however quoted, escaped or cased.
+ * Marks the tokens of every statement of the text (split at top-level
+ * semicolons) that could set a key: one that says "key" with "anthropic"
+ * or "set_config", however quoted, escaped, continued or cased.  Judging
+ * each statement alone keeps a script that says set_config in one place
+ * and PRIMARY KEY in another from counting as sensitive.  Returns whether
+ * any statement is.
  */
+static bool
+mark_sensitive(List *toks, const char *s)
+{
+	int			n = list_length(toks);
+	int			from = 0;
+	bool		any = false;
+	int			i;
+
+	for (i = 0; i <= n; i++)
+	{
+		StringInfoData f;
+		bool		sens;
+		int			j;
+
+		if (i < n && !is_semicolon(s, list_nth(toks, i)))
+			continue;
+		initStringInfo(&f);
+		fold_tokens(&f, toks, from, i, s, 0);
+		sens = folded_is_sensitive(&f);
+		pfree(f.data);
+		for (j = from; j < i; j++)
+			((Tok *) list_nth(toks, j))->sensitive = sens;
+		any |= sens;
+		from = i + 1;
+	}
+	return any;
+}
+
+/* Does a literal close and another continue it on a later line? */
+static bool
+has_continuation(const char *s)
+{
+	const char *q;
+
+	for (q = strchr(s, '\''); q; q = strchr(q + 1, '\''))
+	{
+		const char *p = q + 1;
+		bool		newline = false;
+
+		while (isspace((unsigned char) *p))
+			newline |= (*p++ == '\n');
+		if (newline && *p == '\'')
+			return true;
+	}
+	return false;
+}
+
+/* Cheap first look: every way to spell a key setting passes it. */
+static bool
+may_be_sensitive(const char *s)
+{
+	return s != NULL && (find_ci(s, "key") || find_ci(s, "u&") ||
+						 strchr(s, '\\') || has_continuation(s));
+}
+
 static bool
 is_sensitive(const char *s)
 {
-	StringInfoData f;
-	char	   *low;
-	bool		result;
-
-	if (s == NULL)
+	if (!may_be_sensitive(s))
 		return false;
-	/* Cheap first look: every way to spell a key setting passes it. */
-	if (!find_ci(s, "key") && !find_ci(s, "u&") && !strchr(s, '\\'))
-		return false;
-	initStringInfo(&f);
-	fold_into(&f, s, strlen(s), 0);
-	low = asc_tolower(f.data, f.len);
-	result = strstr(low, "key") &&
-		(strstr(low, "anthropic") || strstr(low, "set_config"));
-	pfree(low);
-	pfree(f.data);
-	return result;
+	return mark_sensitive(tokenize(s, strlen(s)), s);
 }
 
 /* Does a dollar-quoted body look like code (DO, CREATE FUNCTION)? */
@@ -510,11 +626,13 @@ looks_like_code(const char *s, int len)
 	return false;
 }
 
+/* A literal that names an existing anthropic.* setting stays visible. */
 static bool
 is_setting_name(const char *v)
 {
 	return pg_strncasecmp(v, "anthropic.", strlen("anthropic.")) == 0 &&
-		strpbrk(v, " \t\n'") == NULL;
+		strlen(v) < 64 && strpbrk(v, " \t\n'\"") == NULL &&
+		GetConfigOption(v, true, false) != NULL;
 }
 
 /* Is the token after lc a "(" or "." (so lc is a function or schema)? */
@@ -530,10 +648,22 @@ followed_by_call(ListCell *lc, List *toks, const char *s)
 	return t->kind == TOK_OTHER && (s[t->start] == '(' || s[t->start] == '.');
 }
 
+/* Is t "=" or TO, after which SET takes a value? */
+static bool
+introduces_value(const char *s, const Tok *t)
+{
+	return t != NULL &&
+		((t->kind == TOK_OTHER && s[t->start] == '=') ||
+		 (t->kind == TOK_WORD && t->end - t->start == 2 &&
+		  pg_strncasecmp(s + t->start, "to", 2) == 0));
+}
+
 /*
- * Masks, in out (a copy of s with the same length), every literal and bare
- * value after "=" or TO, descending into code in dollar quotes; collects the
- * values into *values.  same_length fills with '*' instead of AE_MASK.
+ * Masks, in out (a copy of s), every literal and every bare or
+ * double-quoted value after "=" or TO of the statements that could set a
+ * key, descending into code in dollar quotes (all of which is then
+ * masked); collects the values into *values.  same_length fills with '*'
+ * instead of AE_MASK, so that the text keeps its length.
  */
 static void
 mask_literals_into(StringInfo out, const char *s, int len, bool same_length,
@@ -544,12 +674,19 @@ mask_literals_into(StringInfo out, const char *s, int len, bool same_length,
 	int			pos = 0;
 	Tok		   *prev = NULL;
 
+	if (depth == 0)
+		mark_sensitive(toks, s);
 	foreach(lc, toks)
 	{
 		Tok		   *t = lfirst(lc);
 		int			ms = -1;
 		int			me = -1;
 
+		if (depth == 0 && !t->sensitive)
+		{
+			prev = t;
+			continue;
+		}
 		if (t->kind == TOK_STRING && !is_setting_name(t->decoded))
 		{
 			ms = t->cstart;
@@ -570,14 +707,15 @@ mask_literals_into(StringInfo out, const char *s, int len, bool same_length,
 				me = t->cend;
 			}
 		}
-		else if (t->kind == TOK_WORD && prev && !followed_by_call(lc, toks, s) &&
-				 ((prev->kind == TOK_OTHER && s[prev->start] == '=') ||
-				  (prev->kind == TOK_WORD && prev->end - prev->start == 2 &&
-				   pg_strncasecmp(s + prev->start, "to", 2) == 0)))
+		else if ((t->kind == TOK_WORD || t->kind == TOK_QIDENT) &&
+				 introduces_value(s, prev) && !followed_by_call(lc, toks, s))
 		{
-			ms = t->start;
-			me = t->end;
+			ms = t->kind == TOK_QIDENT ? t->cstart : t->start;
+			me = t->kind == TOK_QIDENT ? t->cend : t->end;
 		}
+		else if (t->kind == TOK_OTHER && (s[t->start] == '-' || s[t->start] == '+') &&
+				 introduces_value(s, prev))
+			continue;			/* a signed number: the value follows */
 
 		if (ms >= 0 && me > ms)
 		{
@@ -612,13 +750,13 @@ mask_literals_into(StringInfo out, const char *s, int len, bool same_length,
 
 /* Replaces every occurrence of value in *s (a palloc'd string). */
 static bool
-mask_value(char **s, const char *value, bool same_length)
+mask_value(char **s, const char *value, bool same_length, size_t min_len)
 {
 	size_t		len = strlen(value);
 	const char *p;
 	StringInfoData out;
 
-	if (len < AE_MIN_SECRET || strstr(*s, value) == NULL)
+	if (len < min_len || strstr(*s, value) == NULL)
 		return false;
 	initStringInfo(&out);
 	for (p = *s; *p;)
@@ -695,14 +833,14 @@ mask_known(char **s, bool same_length)
 	ListCell   *lc;
 
 	if (api_key)
-		changed |= mask_value(s, api_key, same_length);
+		changed |= mask_value(s, api_key, same_length, AE_MIN_SECRET);
 	if (ae_environment_key && *ae_environment_key)
-		changed |= mask_value(s, ae_environment_key, same_length);
+		changed |= mask_value(s, ae_environment_key, same_length, AE_MIN_SECRET);
 	foreach(lc, secrets)
 	{
 		const char *v = (const char *) lfirst(lc);
 
-		changed |= mask_value(s, v, same_length);
+		changed |= mask_value(s, v, same_length, AE_MIN_SECRET);
 		/* A value with a quote also shows in its SQL spelling. */
 		if (strchr(v, '\''))
 		{
@@ -715,7 +853,7 @@ mask_known(char **s, bool same_length)
 					appendStringInfoChar(&sql, '\'');
 				appendStringInfoChar(&sql, *v);
 			}
-			changed |= mask_value(s, sql.data, same_length);
+			changed |= mask_value(s, sql.data, same_length, AE_MIN_SECRET);
 		}
 	}
 	changed |= mask_key_shapes(s, same_length);
@@ -748,6 +886,7 @@ ae_redact_register_secret(const char *value)
 		secrets = list_delete_first(secrets);
 	}
 	secrets = lappend(secrets, pstrdup(value));
+	secrets_gen++;
 	MemoryContextSwitchTo(old);
 }
 
@@ -971,10 +1110,100 @@ redact_field(char **field, List *values, bool quoting_context)
 	if (*field == NULL)
 		return;
 	foreach(lc, values)
-		mask_value(field, (const char *) lfirst(lc), false);
+		mask_value(field, (const char *) lfirst(lc), false, AE_MIN_STATEMENT_VALUE);
 	mask_known(field, false);
 	if (quoting_context && is_sensitive(*field))
 		mask_quoted_spans(field);
+}
+
+/*
+ * What the log hook needs to know about the statement running, computed
+ * once per statement rather than once per message (at debug5 a statement
+ * raises many): whether it could set a key, its text with those literals
+ * masked, their values, and whether it holds a known key.  Kept with a copy
+ * of the text it describes, which is how a later message knows it is still
+ * the same statement.
+ */
+typedef struct StatementFacts
+{
+	char	   *text;
+	size_t		len;
+	bool		sensitive;
+	char	   *masked;
+	List	   *values;
+	uint64		secrets_gen;
+	bool		holds_known;
+} StatementFacts;
+
+static MemoryContext facts_cxt = NULL;
+static StatementFacts facts;
+
+/* The values, without repeats: 40,000 statements may carry one value. */
+static List *
+distinct_values(List *values)
+{
+	HASHCTL		ctl;
+	HTAB	   *seen;
+	List	   *out = NIL;
+	ListCell   *lc;
+
+	if (list_length(values) < 2)
+		return values;
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(uint64);
+	ctl.hcxt = CurrentMemoryContext;
+	seen = hash_create("anthropic_env statement values", list_length(values), &ctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	foreach(lc, values)
+	{
+		const char *v = lfirst(lc);
+		uint64		h = hash_bytes_extended((const unsigned char *) v, strlen(v), 0);
+		bool		found;
+
+		hash_search(seen, &h, HASH_ENTER, &found);
+		if (!found)
+			out = lappend(out, (void *) v);
+	}
+	hash_destroy(seen);
+	return out;
+}
+
+static const StatementFacts *
+statement_facts(const char *stmt)
+{
+	size_t		len = strlen(stmt);
+	MemoryContext old;
+
+	if (facts.text == NULL || facts.len != len || memcmp(facts.text, stmt, len) != 0)
+	{
+		if (facts_cxt == NULL)
+			facts_cxt = AllocSetContextCreate(TopMemoryContext, "anthropic_env statement facts",
+											  ALLOCSET_DEFAULT_SIZES);
+		MemoryContextReset(facts_cxt);
+		memset(&facts, 0, sizeof(facts));
+		old = MemoryContextSwitchTo(facts_cxt);
+		facts.text = pstrdup(stmt);
+		facts.len = len;
+		facts.sensitive = is_sensitive(stmt);
+		if (facts.sensitive)
+		{
+			StringInfoData masked;
+			List	   *values = NIL;
+
+			initStringInfo(&masked);
+			mask_literals_into(&masked, stmt, len, false, &values, 0);
+			facts.masked = masked.data;
+			facts.values = distinct_values(values);
+		}
+		facts.secrets_gen = secrets_gen - 1;
+		MemoryContextSwitchTo(old);
+	}
+	if (facts.secrets_gen != secrets_gen)
+	{
+		facts.holds_known = holds_known(stmt);
+		facts.secrets_gen = secrets_gen;
+	}
+	return &facts;
 }
 
 static void
@@ -983,30 +1212,31 @@ ae_emit_log_hook(ErrorData *edata)
 	MemoryContext old = MemoryContextSwitchTo(ErrorContext);
 	const char *stmt = debug_query_string;
 	List	   *values = NIL;
-	bool		sensitive = is_sensitive(stmt);
 
-	if (sensitive)
+	if (stmt != NULL)
 	{
-		StringInfoData masked;
+		const StatementFacts *f = statement_facts(stmt);
 		const char *at;
 
-		initStringInfo(&masked);
-		mask_literals_into(&masked, stmt, strlen(stmt), false, &values, 0);
-		edata->hide_stmt = true;
+		if (f->sensitive)
+		{
+			values = f->values;
+			edata->hide_stmt = true;
 
-		/*
-		 * A message that carries the statement (log_statement, duration,
-		 * parse, bind, execute) shows it with the literals masked; the
-		 * words around it stay as translated.
-		 */
-		if (edata->message && (at = strstr(edata->message, stmt)) != NULL)
-			edata->message = psprintf("%.*s%s%s", (int) (at - edata->message),
-									  edata->message, masked.data, at + strlen(stmt));
-		if (edata->elevel >= ERROR && IsUnderPostmaster)
-			redact_activity();
+			/*
+			 * A message that carries the statement (log_statement,
+			 * duration, parse, bind, execute) shows it with the literals
+			 * masked; the words around it stay as translated.
+			 */
+			if (edata->message && (at = strstr(edata->message, stmt)) != NULL)
+				edata->message = psprintf("%.*s%s%s", (int) (at - edata->message),
+										  edata->message, f->masked, at + f->len);
+			if (edata->elevel >= ERROR && IsUnderPostmaster)
+				redact_activity();
+		}
+		else if (f->holds_known)
+			edata->hide_stmt = true;
 	}
-	else if (holds_known(stmt))
-		edata->hide_stmt = true;
 
 	redact_field(&edata->message, values, false);
 	if (edata->message && quotes_setting_value(edata))
@@ -1042,16 +1272,31 @@ static void
 ae_post_parse_analyze(ParseState *pstate, Query *query, AeJumbleState *jstate)
 {
 	const char *text = pstate->p_sourcetext;
-	const char *masked = mask_one_statement(text, query->stmt_location, query->stmt_len);
 
-	if (masked != text)
-	{
-		pstate->p_sourcetext = masked;
-		if (text == debug_query_string)
-			redact_activity();
-	}
+	/*
+	 * The activity shows the whole string, later statements included: look
+	 * at it once, when its first statement is analysed.
+	 */
+	if (text != NULL && text == debug_query_string && query->stmt_location <= 0)
+		redact_activity();
+	/* Only a hook further down (pg_stat_statements) needs a masked copy. */
+	if (prev_post_parse_analyze_hook)
+		pstate->p_sourcetext = mask_one_statement(text, query->stmt_location, query->stmt_len);
 	if (prev_post_parse_analyze_hook)
 		prev_post_parse_analyze_hook(pstate, query, jstate);
+}
+
+/* Bind and Execute report the raw text again: look at it once more. */
+static void
+ae_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	if (queryDesc->sourceText != NULL && queryDesc->sourceText == debug_query_string &&
+		queryDesc->plannedstmt->stmt_location <= 0)
+		redact_activity();
+	if (prev_executor_start_hook)
+		prev_executor_start_hook(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
 }
 
 static void
@@ -1060,12 +1305,17 @@ ae_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 				   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
-	const char *text = mask_one_statement(queryString, pstmt->stmt_location, pstmt->stmt_len);
-	char	   *live_copy = NULL;
+	const char *volatile text = queryString;
+	char	   *volatile live_copy = NULL;
 
 	/* The extended protocol reported the raw text again at Execute. */
-	if (text != queryString && context == PROCESS_UTILITY_TOPLEVEL)
+	if (context == PROCESS_UTILITY_TOPLEVEL && queryString == debug_query_string &&
+		pstmt->stmt_location <= 0)
 		redact_activity();
+
+	/* Only a hook further down (pg_stat_statements) needs a masked copy. */
+	if (prev_process_utility_hook)
+		text = mask_one_statement(queryString, pstmt->stmt_location, pstmt->stmt_len);
 
 	/*
 	 * Code run by DO or CALL may assign a key that its text does not show;
@@ -1155,6 +1405,8 @@ ae_redact_install(void)
 	ProcessUtility_hook = ae_process_utility;
 	prev_post_parse_analyze_hook = post_parse_analyze_hook;
 	post_parse_analyze_hook = ae_post_parse_analyze;
+	prev_executor_start_hook = ExecutorStart_hook;
+	ExecutorStart_hook = ae_executor_start;
 	ae_key_assign_hook = note_key_value;
 	if (process_shared_preload_libraries_in_progress)
 		check_preload_order();

@@ -12,6 +12,8 @@
 #   - pg_stat_statements with pg_stat_statements listed first; listed
 #     second, the startup WARNING and its HINT;
 #   - sync_runs.error and sync_status.last_error when the API echoes a key;
+#   - (111_key_review.pl adds what an independent review found, and the
+#     cost of the checks on multi-statement strings);
 #   - pg_db_role_setting: a key stored before preloading is reported at
 #     startup by role and database with its RESET, never its value;
 #   - without shared_preload_libraries: CREATE EXTENSION warns and no
@@ -137,7 +139,7 @@ for my $lang ('C', 'de_DE.UTF-8')
 	$node->safe_psql('postgres', 'SELECT 1');
 	my $log = slurp_file($node->logfile, $pos);
 	like($log, qr/SET anthropic\.environment_key = '\*{8}'/, "$lang: log_statement logged the SET, value masked");
-	like($log, qr/set_config\('anthropic\.' \|\| '\*{8}' \|\| '\*{8}', '\*{8}', false\)/,
+	like($log, qr/set_config\('\*{8}' \|\| '\*{8}' \|\| '\*{8}', '\*{8}', false\)/,
 		"$lang: and set_config() with a built name, literals masked");
 	like($client, qr/(?:HINT|TIPP):  key: \*{8}/, "$lang: a HINT that carries the key is masked");
 	if ($lang ne 'C')
@@ -189,6 +191,7 @@ SELECT string_agg(coalesce(last_error, ''), ' ') FROM anthropic.sync_status;});
 	setup_roles($node);
 	my $admin = $node->background_psql('postgres', on_error_stop => 0);
 	my $pid = $admin->query_safe('SELECT pg_backend_pid()');
+	my $n = 0;
 	my $seen = sub {
 		return $node->safe_psql('postgres', "SELECT query FROM pg_stat_activity WHERE pid = $pid",
 			extra_params => [ '-U', 'reader' ]);
@@ -199,9 +202,11 @@ SELECT string_agg(coalesce(last_error, ''), ' ') FROM anthropic.sync_status;});
 		for my $st (key_statements($k))
 		{
 			my ($what, $sql) = @$st;
-			$admin->query($sql);
+			# query() would send a ";" after it, which the reader would see.
+			$n++;
+			$admin->query_until(qr/after_$n\n/, "$sql\n\\echo after_$n\n");
 			my $q = $seen->();
-			isnt($q, '', "$label key, $what: the reader sees the admin's last query");
+			like($q, qr/^(?!;$).*[A-Za-z]/, "$label key, $what: the reader sees the admin's last statement, not a bare ';'");
 			no_keys($q, "$label key, $what: pg_stat_activity shows no key afterwards", $k);
 		}
 		# While the statement runs: a sleep after the key is set.
@@ -226,25 +231,6 @@ SELECT string_agg(coalesce(last_error, ''), ' ') FROM anthropic.sync_status;});
 		}
 	}
 	$admin->quit;
-	$node->stop;
-}
-
-# -- The checks look at each statement of a multi-statement string alone:
-# 20,000 statements that say "key" in one string take about as long as
-# 20,000 that do not (scanning the whole string per statement would take
-# minutes).  The factor is generous; only a quadratic cost can exceed it.
-{
-	my $node = $fake->new_node('many');
-	my $time = sub {
-		my $sql = shift;
-		my $t0 = Time::HiRes::time();
-		$node->safe_psql('postgres', $sql);
-		return Time::HiRes::time() - $t0;
-	};
-	my $plain = $time->("SELECT 'abc';" x 20000);
-	my $keyed = $time->("SELECT 'key';" x 20000);
-	note sprintf('20,000 statements in one string: %.2f s plain, %.2f s saying "key"', $plain, $keyed);
-	cmp_ok($keyed, '<', 4 * $plain + 2, 'statements that say "key" cost linear time');
 	$node->stop;
 }
 
