@@ -402,6 +402,7 @@ finish_call(const AeCall *call, const AeHttpResponse *resp)
 {
 	const AeEndpoint *ep = &endpoints[call->endpoint];
 	json_t	   *root;
+	Jsonb	   *raw;
 	char		errbuf[256];
 	const char *msg;
 
@@ -418,16 +419,20 @@ finish_call(const AeCall *call, const AeHttpResponse *resp)
 	}
 	if (!resp->json_content)
 		raise_malformed(resp, "The answer is not of content type application/json.");
-	root = aej_parse(resp->body, resp->body_len, errbuf, sizeof(errbuf));
+	/* One parse, by jsonb_in; the checks read a jansson view of it. */
+	raw = ae_answer_to_jsonb(resp->body, resp->body_len, &msg);
+	if (raw == NULL)
+		raise_malformed(resp, msg);
+	root = ae_jsonb_to_json(raw, call->raw_out != NULL);
 	if (root == NULL)
-		raise_malformed(resp, psprintf("The answer is not valid JSON: %s.", errbuf));
+		raise_malformed(resp, "The answer is nested more than 2048 levels deep, or memory ran out.");
 	if (json_is_null(root) && ep->null_answer_ok)
 		return NULL;
 	msg = aej_check_shape(root, ep->shape, errbuf, sizeof(errbuf));
 	if (msg)
 		raise_malformed(resp, msg);
 	if (call->raw_out)
-		*call->raw_out = ae_text_to_jsonb(resp->body, resp->body_len);
+		*call->raw_out = raw;
 	return root;
 }
 
