@@ -18,6 +18,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/jsonb.h"
 
+#include "anthropic_env.h"
 #include "api.h"
 #include "convert.h"
 #include "envkeys.h"
@@ -203,7 +204,8 @@ server_text(const char *utf8)
 
 /* Raises the error an unsuccessful answer stands for. */
 static void
-raise_api_error(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *resp)
+raise_api_error(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *resp,
+				const char *note)
 {
 	json_t	   *root = aej_parse(resp->body, resp->body_len, NULL, 0);
 	AejError	err;
@@ -233,6 +235,8 @@ raise_api_error(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *
 		if (cs)
 			appendStringInfo(&detail, " Current state: %s.", server_text(cs));
 	}
+	if (note)
+		appendStringInfo(&detail, " %s", note);
 
 	if (resp->status == 404 && ep->not_found)
 	{
@@ -362,7 +366,8 @@ query_value(const AeCall *call, const char *name)
  * (retry.c's rules).
  */
 static bool
-reconcile(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *resp, json_t **answer)
+reconcile(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *resp, json_t **answer,
+		  const char **note)
 {
 	json_t	   *body = aej_parse(resp->body, resp->body_len, NULL, 0);
 	const char *expected = call->endpoint == AE_WORK_HEARTBEAT ?
@@ -381,6 +386,17 @@ reconcile(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *resp, 
 			return *answer != NULL;
 		case AE_RECONCILED_FETCH:
 			break;
+	}
+
+	/*
+	 * The fetch (GET of the item or environment) takes the API key; the
+	 * environment key of a work call does not open it.  Without an API key
+	 * the answer stands, with a note, rather than failing as unauthorized.
+	 */
+	if (ae_effective_api_key() == NULL)
+	{
+		*note = "An earlier attempt may have succeeded; telling needs a GET with the API key, and none is configured.";
+		return false;
 	}
 	get.endpoint = ep->nargs == 2 ? AE_WORK_GET : AE_ENV_GET;
 	get.args[0] = call->args[0];
@@ -410,12 +426,14 @@ finish_call(const AeCall *call, const AeHttpResponse *resp)
 		*call->raw_out = NULL;
 	if (resp->status < 200 || resp->status >= 300)
 	{
+		const char *note = NULL;
+
 		if (resp->maybe_acted && ep->reconcile != AE_RECONCILE_NONE &&
-			reconcile(ep, call, resp, &root))
+			reconcile(ep, call, resp, &root, &note))
 			return root;
 		if (resp->status == 404 && call->missing_ok)
 			return NULL;
-		raise_api_error(ep, call, resp);
+		raise_api_error(ep, call, resp, note);
 	}
 	if (!resp->json_content)
 		raise_malformed(resp, "The answer is not of content type application/json.");
