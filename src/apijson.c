@@ -12,7 +12,10 @@
 #include "apijson.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef enum AejType
@@ -93,6 +96,60 @@ static const char *const type_names[] = {
 	"a string", "an RFC 3339 timestamp", "an object", "an array", "a boolean", "an integer", "an integer"
 };
 
+/*
+ * A copy of a JSON text in which every number that a double cannot hold
+ * (1e400, a 400-digit integer) is replaced by a 0 padded with spaces, so
+ * that positions stay the same.  One pass; strings are skipped.  NULL when
+ * out of memory.
+ */
+static char *
+tame_numbers(const char *body, size_t len)
+{
+	char	   *copy = malloc(len + 1);
+	size_t		i = 0;
+
+	if (copy == NULL)
+		return NULL;
+	memcpy(copy, body, len);
+	copy[len] = '\0';
+	while (i < len)
+	{
+		char		c = copy[i];
+
+		if (c == '"')
+		{
+			for (i++; i < len && copy[i] != '"'; i++)
+				if (copy[i] == '\\')
+					i++;
+			i++;
+		}
+		else if (c == '-' || isdigit((unsigned char) c))
+		{
+			size_t		start = i;
+			char		save;
+			double		d;
+
+			while (i < len && (isdigit((unsigned char) copy[i]) || copy[i] == '-' ||
+							   copy[i] == '+' || copy[i] == '.' ||
+							   copy[i] == 'e' || copy[i] == 'E'))
+				i++;
+			save = copy[i];
+			copy[i] = '\0';
+			errno = 0;
+			d = strtod(copy + start, NULL);
+			copy[i] = save;
+			if (errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL))
+			{
+				copy[start] = '0';
+				memset(copy + start + 1, ' ', i - start - 1);
+			}
+		}
+		else
+			i++;
+	}
+	return copy;
+}
+
 json_t *
 aej_parse(const char *body, size_t len, char *errbuf, size_t errlen)
 {
@@ -102,12 +159,26 @@ aej_parse(const char *body, size_t len, char *errbuf, size_t errlen)
 	root = json_loadb(body, len, JSON_DECODE_ANY, &jerr);
 
 	/*
-	 * An integer beyond int64 is valid JSON, and the raw column keeps it as
-	 * written (convert.c builds raw from the text); jansson refuses it unless
-	 * integers are read as reals, which is good enough for the checks here.
+	 * Numbers beyond int64 or beyond a double are valid JSON, and the raw
+	 * column keeps them as written (convert.c builds raw from the text);
+	 * jansson refuses them.  For the checks here, integers are read as reals
+	 * and numbers no double holds as 0: the typed columns hold no numbers.
 	 */
 	if (root == NULL && json_error_code(&jerr) == json_error_numeric_overflow)
 		root = json_loadb(body, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &jerr);
+	if (root == NULL && json_error_code(&jerr) == json_error_numeric_overflow)
+	{
+		char	   *tame = tame_numbers(body, len);
+
+		if (tame == NULL)
+		{
+			if (errbuf && errlen > 0)
+				snprintf(errbuf, errlen, "out of memory");
+			return NULL;
+		}
+		root = json_loadb(tame, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &jerr);
+		free(tame);
+	}
 	if (root == NULL && errbuf && errlen > 0)
 		snprintf(errbuf, errlen, "%s at line %d, column %d",
 				 jerr.text, jerr.line, jerr.column);

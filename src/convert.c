@@ -9,9 +9,14 @@
  * needed around jansson.  Allocation failures come back to jansson as NULL
  * rather than as a longjmp through its code.
  *
- * The raw columns are built from the answer's own text with jsonb's input
- * function, so every number stays as the server wrote it (jansson keeps
- * doubles and int64 only) and the cost is jsonb_in's, linear in the text.
+ * A successful answer is parsed once, by jsonb's input function: the raw
+ * columns keep every number as the server wrote it (jansson keeps doubles
+ * and int64 only), and the cost is jsonb_in's, linear in the text.  The
+ * API layer's checks and the typed columns read a jansson view of that
+ * jsonb made by ae_jsonb_to_json().  For a caller that keeps raw, a
+ * "metadata" object of more than AE_VIEW_MAX_PAIRS members is left empty
+ * in the view: the metadata column comes from raw, and building jansson's
+ * hash table for a large one cost more than jsonb_in itself.
  * A value built here from a parsed tree (an answer the API layer made up
  * while reconciling a repeated call) sorts keys with qsort.
  *
@@ -22,6 +27,9 @@
  */
 #include "postgres.h"
 
+#include <errno.h>
+#include <math.h>
+
 #include "access/htup_details.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -31,6 +39,12 @@
 #include "utils/timestamp.h"
 
 #include "convert.h"
+
+/* Larger metadata objects are empty in a shallow jansson view. */
+#define AE_VIEW_MAX_PAIRS 256
+
+/* Deeper answers are refused, as jansson's own parser refused them. */
+#define AE_VIEW_MAX_DEPTH 2048
 
 static void *
 ae_json_alloc(size_t size)
@@ -128,6 +142,186 @@ ae_text_to_jsonb(const char *utf8, size_t len)
 	else if (utf8[len] != '\0')
 		text = pnstrdup(utf8, len);
 	return DatumGetJsonbP(OidInputFunctionCall(F_JSONB_IN, text, InvalidOid, -1));
+}
+
+/*
+ * The answer's text as jsonb, or NULL with *why set when it is not valid
+ * JSON in UTF-8.  jsonb_in's error is caught and turned into a reason: the
+ * caller reports a malformed answer, not a failed cast.
+ */
+Jsonb *
+ae_answer_to_jsonb(const char *utf8, size_t len, const char **why)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	Jsonb	   *volatile result = NULL;
+
+	*why = NULL;
+	if (memchr(utf8, '\0', len) != NULL)
+	{
+		*why = "The answer holds a NUL byte.";
+		return NULL;
+	}
+	if (pg_encoding_verifymbstr(PG_UTF8, utf8, (int) len) != (int) len)
+	{
+		*why = "The answer is not valid UTF-8.";
+		return NULL;
+	}
+	PG_TRY();
+	{
+		result = ae_text_to_jsonb(utf8, len);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		/* A cancel or an out-of-memory is not a malformed answer. */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
+			edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY)
+			PG_RE_THROW();
+		FlushErrorState();
+		*why = psprintf("The answer is not valid JSON: %s.", edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+static json_t *container_to_json(JsonbContainer *c, bool shallow, int depth);
+
+/*
+ * An empty jansson object.  Not json_object(): the postgres executable
+ * exports a function of that name (the SQL json_object), and a call from
+ * this library would bind to it.
+ */
+static json_t *
+new_object(void)
+{
+	return json_pack("{}");
+}
+
+static json_t *
+scalar_to_json(JsonbValue *v, bool shallow, int depth)
+{
+	switch (v->type)
+	{
+		case jbvString:
+			{
+				char	   *s = v->val.string.val;
+				int			len = v->val.string.len;
+
+				if (GetDatabaseEncoding() != PG_UTF8)
+				{
+					s = pg_server_to_any(s, len, PG_UTF8);
+					len = (int) strlen(s);
+				}
+				return json_stringn_nocheck(s, len);
+			}
+		case jbvNumeric:
+			{
+				char	   *t = OidOutputFunctionCall(F_NUMERIC_OUT,
+													  NumericGetDatum(v->val.numeric));
+				double		d;
+
+				if (strpbrk(t, ".eE") == NULL)
+				{
+					char	   *end;
+					long long	i;
+
+					errno = 0;
+					i = strtoll(t, &end, 10);
+					if (errno == 0 && *end == '\0')
+						return json_integer((json_int_t) i);
+				}
+				/* As jansson would read it; 0 where a double cannot hold it. */
+				errno = 0;
+				d = strtod(t, NULL);
+				if (errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL))
+					d = 0;
+				return json_real(d);
+			}
+		case jbvBool:
+			return json_boolean(v->val.boolean);
+		case jbvBinary:
+			return container_to_json(v->val.binary.data, shallow, depth + 1);
+		case jbvNull:
+		default:
+			return json_null();
+	}
+}
+
+static json_t *
+container_to_json(JsonbContainer *c, bool shallow, int depth)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	json_t	   *out = NULL;
+	json_t	   *item;
+	char	   *key = NULL;
+	uint32		n = 0;
+
+	if (depth > AE_VIEW_MAX_DEPTH)
+		return NULL;
+	check_stack_depth();
+	it = JsonbIteratorInit(c);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if ((++n & 1023) == 0)
+			CHECK_FOR_INTERRUPTS();
+		switch (tok)
+		{
+			case WJB_BEGIN_OBJECT:
+				out = new_object();
+				if (out == NULL)
+					return NULL;
+				break;
+			case WJB_BEGIN_ARRAY:
+				out = json_pack("[]");
+				if (out == NULL)
+					return NULL;
+				break;
+			case WJB_KEY:
+				key = pnstrdup(v.val.string.val, v.val.string.len);
+				if (GetDatabaseEncoding() != PG_UTF8)
+					key = pg_server_to_any(key, (int) strlen(key), PG_UTF8);
+				break;
+			case WJB_VALUE:
+				if (shallow && v.type == jbvBinary && strcmp(key, "metadata") == 0 &&
+					JsonContainerIsObject(v.val.binary.data) &&
+					JsonContainerSize(v.val.binary.data) > AE_VIEW_MAX_PAIRS)
+					item = new_object();
+				else
+					item = scalar_to_json(&v, shallow, depth);
+				if (item == NULL || json_object_set_new_nocheck(out, key, item) != 0)
+					return NULL;
+				break;
+			case WJB_ELEM:
+				item = scalar_to_json(&v, shallow, depth);
+				if (item == NULL || json_array_append_new(out, item) != 0)
+					return NULL;
+				break;
+			default:
+				break;
+		}
+	}
+	return out;
+}
+
+json_t *
+ae_jsonb_to_json(Jsonb *jb, bool shallow)
+{
+	JsonbValue	v;
+
+	/* A bare scalar is a one-element "raw scalar" array in jsonb. */
+	if (JB_ROOT_IS_SCALAR(jb))
+	{
+		JsonbExtractScalar(&jb->root, &v);
+		return scalar_to_json(&v, shallow, 0);
+	}
+	return container_to_json(&jb->root, shallow, 1);
 }
 
 /*

@@ -26,6 +26,19 @@ extern Jsonb *ae_json_to_jsonb(json_t *value);
 /* JSON text (UTF-8) as jsonb, numbers as written; interruptible before. */
 extern Jsonb *ae_text_to_jsonb(const char *utf8, size_t len);
 
+/*
+ * A successful answer's text as jsonb, or NULL with *why saying why it is
+ * malformed.
+ */
+extern Jsonb *ae_answer_to_jsonb(const char *utf8, size_t len, const char **why);
+
+/*
+ * A jansson view of a jsonb answer for checks and typed columns; shallow
+ * for a caller that takes metadata from raw (see convert.c).  NULL when
+ * nested deeper than jansson allowed, or out of memory.
+ */
+extern json_t *ae_jsonb_to_json(Jsonb *jb, bool shallow);
+
 /* Element i of the array member key of a jsonb object, or NULL. */
 extern Jsonb *ae_jsonb_array_item(Jsonb *page, const char *key, uint32 i);
 

@@ -9,6 +9,10 @@
  * sleeping on its latch in between.  sync_now() sets a flag in shared
  * memory and the worker's latch.  While runs fail it backs off
  * exponentially, capped at the interval, keeping the last good mirror.
+ * It never waits for the lock that serializes syncs: when another session
+ * holds it (a manual sync(), perhaps left idle in its transaction), the
+ * run is skipped with a LOG line and tried again soon, so the worker keeps
+ * answering SIGHUP, SIGTERM and sync_now() meanwhile.
  * It starts only once recovery has finished, so a hot standby runs no
  * sync.  The shared state holds the worker's pid and PGPROC number, never
  * a process-local pointer.
@@ -44,6 +48,18 @@
 
 /* First retry after a failed run; doubled per failure up to the interval. */
 #define AE_BACKOFF_BASE_MS 5000L
+
+/* First retry after a run skipped for the lock; doubled up to the cap. */
+#define AE_BUSY_BASE_MS 1000L
+#define AE_BUSY_MAX_MS 30000L
+
+/* How one run of the worker ended. */
+typedef enum AeSyncOutcome
+{
+	AE_SYNC_OK,
+	AE_SYNC_FAILED,
+	AE_SYNC_BUSY				/* another session holds the sync lock */
+} AeSyncOutcome;
 
 typedef struct AeSyncShared
 {
@@ -116,38 +132,51 @@ worker_detach(int code, Datum arg)
 }
 
 /*
- * Runs one sync in its own transaction.  Returns true when it succeeded;
- * an error is logged at WARNING and leaves no transaction behind.
+ * Runs one sync in its own transaction.  The lock sync() takes is tried
+ * first, without waiting; sync() then finds it held by its own transaction.
+ * An error is logged at WARNING and leaves no transaction behind.
  */
-static bool
+static AeSyncOutcome
 run_sync_once(void)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
-	volatile bool ok = false;
+	volatile AeSyncOutcome outcome = AE_SYNC_FAILED;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PG_TRY();
 	{
 		int			rc;
+		bool		isnull;
 
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "SELECT anthropic.sync(raise_on_error => false)");
-		rc = SPI_execute("SELECT status, error FROM anthropic.sync(raise_on_error => false)",
+		/* The same key as sync()'s pg_advisory_xact_lock. */
+		rc = SPI_execute("SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('anthropic.sync'))",
 						 false, 1);
 		if (rc != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "unexpected result from anthropic.sync(): %d", rc);
+			elog(ERROR, "unexpected result from pg_try_advisory_xact_lock(): %d", rc);
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) ||
+			isnull)
+			outcome = AE_SYNC_BUSY;
 		else
 		{
-			char	   *status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-			char	   *error = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+			rc = SPI_execute("SELECT status, error FROM anthropic.sync(raise_on_error => false)",
+							 false, 1);
+			if (rc != SPI_OK_SELECT || SPI_processed != 1)
+				elog(ERROR, "unexpected result from anthropic.sync(): %d", rc);
+			else
+			{
+				char	   *status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+				char	   *error = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 
-			ok = (status && strcmp(status, "ok") == 0);
-			if (!ok)
-				ereport(WARNING,
-						(errmsg("anthropic_env sync failed: %s", error ? error : "unknown error"),
-						 errhint("The mirror keeps its last good data; the worker retries with backoff.")));
+				outcome = (status && strcmp(status, "ok") == 0) ? AE_SYNC_OK : AE_SYNC_FAILED;
+				if (outcome != AE_SYNC_OK)
+					ereport(WARNING,
+							(errmsg("anthropic_env sync failed: %s", error ? error : "unknown error"),
+							 errhint("The mirror keeps its last good data; the worker retries with backoff.")));
+			}
 		}
 		SPI_finish();
 		PopActiveSnapshot();
@@ -167,13 +196,13 @@ run_sync_once(void)
 				 errhint("Is the anthropic_env extension installed in database \"%s\"?",
 						 ae_sync_database)));
 		FreeErrorData(edata);
-		ok = false;
+		outcome = AE_SYNC_FAILED;
 	}
 	PG_END_TRY();
 
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	return ok;
+	return outcome;
 }
 
 void
@@ -181,6 +210,7 @@ ae_sync_worker_main(Datum arg)
 {
 	TimestampTz last_start = 0;
 	int			failures = 0;
+	int			skips = 0;		/* runs skipped for the lock in a row */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -223,7 +253,8 @@ ae_sync_worker_main(Datum arg)
 																	(int64) ae_sync_interval_s * 1000);
 
 				SpinLockAcquire(&ae_sync_shared->mutex);
-				if (failures == 0 || candidate < ae_sync_shared->next_run)
+				/* A retry after a skipped or failed run is never pushed back. */
+				if ((failures == 0 && skips == 0) || candidate < ae_sync_shared->next_run)
 					ae_sync_shared->next_run = candidate;
 				SpinLockRelease(&ae_sync_shared->mutex);
 			}
@@ -245,16 +276,29 @@ ae_sync_worker_main(Datum arg)
 			ae_sync_shared->last_wakeup = now;
 			SpinLockRelease(&ae_sync_shared->mutex);
 
-			if (run_sync_once())
+			switch (run_sync_once())
 			{
-				failures = 0;
-				delay_ms = (long) ae_sync_interval_s * 1000;
-			}
-			else
-			{
-				failures++;
-				delay_ms = AE_BACKOFF_BASE_MS << Min(failures - 1, 20);
-				delay_ms = Min(delay_ms, (long) ae_sync_interval_s * 1000);
+				case AE_SYNC_OK:
+					failures = 0;
+					skips = 0;
+					delay_ms = (long) ae_sync_interval_s * 1000;
+					break;
+				case AE_SYNC_BUSY:
+					skips++;
+					delay_ms = AE_BUSY_BASE_MS << Min(skips - 1, 20);
+					delay_ms = Min(delay_ms, AE_BUSY_MAX_MS);
+					delay_ms = Min(delay_ms, (long) ae_sync_interval_s * 1000);
+					ereport(LOG,
+							(errmsg("anthropic_env sync worker skipped a run: another session holds the sync lock"),
+							 errdetail("A manual anthropic.sync() is running or its transaction is still open; the worker tries again in %ld ms.",
+									   delay_ms)));
+					break;
+				default:
+					failures++;
+					skips = 0;
+					delay_ms = AE_BACKOFF_BASE_MS << Min(failures - 1, 20);
+					delay_ms = Min(delay_ms, (long) ae_sync_interval_s * 1000);
+					break;
 			}
 			SpinLockAcquire(&ae_sync_shared->mutex);
 			ae_sync_shared->failures = failures;
