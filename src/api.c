@@ -493,6 +493,7 @@ ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out
 
 		out[i].answer = NULL;
 		out[i].error = NULL;
+		out[i].failed_body = NULL;
 		out[i].status = resps[i].status;
 		push_context(&errcb, &p[i].ctx);
 		PG_TRY();
@@ -509,6 +510,9 @@ ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out
 			MemoryContextSwitchTo(cxt);
 			out[i].error = CopyErrorData();
 			FlushErrorState();
+			/* A caller reconciling across calls reads current_state in it. */
+			if (resps[i].body != NULL)
+				out[i].failed_body = aej_parse(resps[i].body, resps[i].body_len, NULL, 0);
 		}
 		PG_END_TRY();
 		error_context_stack = errcb.previous;

@@ -67,6 +67,7 @@ typedef struct AeCallOutcome
 	json_t	   *answer;			/* as ae_api_call would return it */
 	ErrorData  *error;			/* what ae_api_call would raise, or NULL */
 	long		status;			/* HTTP status; 0 for a transport failure */
+	json_t	   *failed_body;	/* with error: the answer's JSON body, or NULL */
 } AeCallOutcome;
 
 /*

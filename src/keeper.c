@@ -54,6 +54,7 @@
 #include "convert.h"
 #include "keeper.h"
 #include "leases.h"
+#include "retry.h"
 
 PGDLLEXPORT void ae_keeper_main(Datum arg);
 
@@ -64,6 +65,7 @@ PGDLLEXPORT void ae_keeper_main(Datum arg);
 #define AE_KEEPER_TICK_MS 250
 #define AE_TERMINAL_KEEP_MS (10 * 60 * 1000)
 #define AE_POLL_BACKOFF_MAX_MS 60000
+#define AE_BEAT_ATTEMPT_MAX_MS 1000
 
 typedef struct Served
 {
@@ -76,6 +78,8 @@ typedef struct Served
 
 static Served served[AE_MAX_SERVED];
 static int	nserved = 0;
+static bool told_full = false;	/* the poller logged that the table is full */
+static bool told_served = false;	/* it logged more served environments than it serves */
 
 void
 ae_keeper_register(void)
@@ -213,10 +217,16 @@ read_served(void *arg)
 
 	memcpy(old, served, sizeof(Served) * nserved);
 	if (SPI_execute("SELECT environment_id, prefetch, worker_id FROM anthropic.served_environments "
-					"ORDER BY environment_id", true, AE_MAX_SERVED) != SPI_OK_SELECT)
+					"ORDER BY environment_id", true, AE_MAX_SERVED + 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read anthropic.served_environments");
+	/* serve() refuses more; rows written around it are named once. */
+	if (SPI_processed > AE_MAX_SERVED && !told_served)
+		ereport(WARNING,
+				(errmsg("anthropic.served_environments has more than %d rows: the work poller serves only the first %d",
+						AE_MAX_SERVED, AE_MAX_SERVED)));
+	told_served = SPI_processed > AE_MAX_SERVED;
 	nserved = 0;
-	for (i = 0; i < (int) SPI_processed; i++)
+	for (i = 0; i < (int) Min(SPI_processed, AE_MAX_SERVED); i++)
 	{
 		Served	   *s = &served[nserved];
 		char	   *id = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
@@ -281,7 +291,7 @@ col_time(int row, int c)
 static void
 strlcpy_or_empty(char *dst, const char *src, size_t n)
 {
-	strlcpy(dst, src ? src : "", n);
+	ae_lease_strcpy(dst, src ? src : "", n);
 }
 
 /*
@@ -339,7 +349,7 @@ load_held(void *arg)
 		{
 			l->state = AE_LEASE_LOST;
 			l->done_at = now;
-			l->notify = true;
+			l->notify = !l->healthcheck;
 			strlcpy(l->error, "the secret was lost in a crash (it is kept only in an UNLOGGED table); the item was released",
 					sizeof(l->error));
 		}
@@ -348,7 +358,7 @@ load_held(void *arg)
 		else
 		{
 			l->state = AE_LEASE_READY;
-			l->notify = true;
+			l->notify = !l->healthcheck;
 		}
 	}
 	ae_leases->loaded = true;
@@ -362,11 +372,35 @@ typedef struct PersistWork
 {
 	AeLease    *rows;
 	int			nrows;
+	bool	   *written;		/* per row: false when its row was locked */
 	char	  **gone;
 	int			ngone;
+	bool	   *deleted;		/* per gone item: false when its row was locked */
 	char	  **notify;
 	int			nnotify;
 } PersistWork;
+
+/*
+ * Locks the held_work row of an item without waiting: 1 when locked, 0
+ * when there is no row, -1 when another transaction holds it.
+ */
+static int
+lock_row(const char *work_id)
+{
+	Oid			t[1] = {TEXTOID};
+	Datum		v[1];
+
+	v[0] = text_datum(work_id);
+	if (SPI_execute_with_args("SELECT 1 FROM anthropic.held_work WHERE work_id = $1 FOR UPDATE SKIP LOCKED",
+							  1, t, v, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock a row of anthropic.held_work");
+	if (SPI_processed == 1)
+		return 1;
+	if (SPI_execute_with_args("SELECT 1 FROM anthropic.held_work WHERE work_id = $1",
+							  1, t, v, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read anthropic.held_work");
+	return SPI_processed == 1 ? -1 : 0;
+}
 
 static void
 persist(void *arg)
@@ -409,10 +443,21 @@ persist(void *arg)
 		v[12] = TimestampTzGetDatum(l->taken_at);
 		v[13] = Int32GetDatum(l->claimed_pid);
 		n[13] = l->claimed_pid ? ' ' : 'n';
+
+		/*
+		 * A session's work_finish() writes its row inside the session's
+		 * transaction, which may stay open for long: the keeper skips a
+		 * locked row and writes it at a later flush rather than wait.  A
+		 * committed finish is never overwritten by an older state.
+		 */
+		w->written[i] = lock_row(l->work_id) >= 0;
+		if (!w->written[i])
+			continue;
 		if (SPI_execute_with_args("UPDATE anthropic.held_work SET state = $2, consumer = $3, claimed_at = $4, "
 								  "last_beat_at = $5, lease_expires_at = $6, last_heartbeat = $7, "
 								  "ttl_seconds = $8, remote_state = $9, stop_sent_at = $10, done_at = $11, "
-								  "error = $12, taken_at = $13, claimed_pid = $14 WHERE work_id = $1",
+								  "error = $12, taken_at = $13, claimed_pid = $14 "
+								  "WHERE work_id = $1 AND (state <> 'finished' OR $2 = 'finished')",
 								  14, types, v, n, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update anthropic.held_work");
 	}
@@ -422,8 +467,15 @@ persist(void *arg)
 		Datum		v[1];
 
 		v[0] = text_datum(w->gone[i]);
-		SPI_execute_with_args("DELETE FROM anthropic.work_secrets WHERE work_id = $1", 1, t, v, NULL, false, 0);
-		SPI_execute_with_args("DELETE FROM anthropic.held_work WHERE work_id = $1", 1, t, v, NULL, false, 0);
+		w->deleted[i] = lock_row(w->gone[i]) >= 0;
+		if (!w->deleted[i])
+			continue;
+		if (SPI_execute_with_args("DELETE FROM anthropic.held_work WHERE work_id = $1", 1, t, v, NULL,
+								  false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not delete from anthropic.held_work");
+		if (SPI_execute_with_args("DELETE FROM anthropic.work_secrets WHERE work_id = $1", 1, t, v, NULL,
+								  false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not delete from anthropic.work_secrets");
 	}
 	for (i = 0; i < w->nnotify; i++)
 	{
@@ -450,7 +502,9 @@ flush_leases(void)
 	int			i;
 
 	w.rows = palloc(sizeof(AeLease) * AE_MAX_LEASES);
+	w.written = palloc0(sizeof(bool) * AE_MAX_LEASES);
 	w.gone = palloc(sizeof(char *) * AE_MAX_LEASES);
+	w.deleted = palloc0(sizeof(bool) * AE_MAX_LEASES);
 	w.notify = palloc(sizeof(char *) * AE_MAX_LEASES);
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 	for (i = 0; i < AE_MAX_LEASES; i++)
@@ -464,12 +518,12 @@ flush_leases(void)
 			w.notify[w.nnotify++] = pstrdup(l->work_id);
 			l->notify = false;
 		}
+		/* The slot is freed only once its rows are deleted. */
 		if ((l->state == AE_LEASE_FINISHED || l->state == AE_LEASE_LOST) &&
 			l->claimed_pid == 0 && l->done_at != 0 && l->done_at < horizon &&
 			(l->state == AE_LEASE_LOST || l->stop_sent_at != 0))
 		{
 			w.gone[w.ngone++] = pstrdup(l->work_id);
-			l->state = AE_LEASE_FREE;
 			continue;
 		}
 		if (l->dirty)
@@ -483,16 +537,25 @@ flush_leases(void)
 		return;
 	if (!in_xact(persist, &w, "record its leases"))
 	{
-		LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
-		for (i = 0; i < w.nrows; i++)
-		{
-			AeLease    *l = ae_lease_find(w.rows[i].work_id);
-
-			if (l)
-				l->dirty = true;
-		}
-		LWLockRelease(ae_leases->lock);
+		memset(w.written, 0, sizeof(bool) * w.nrows);
+		memset(w.deleted, 0, sizeof(bool) * w.ngone);
 	}
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < w.nrows; i++)
+	{
+		AeLease    *l = ae_lease_find(w.rows[i].work_id);
+
+		if (l && !w.written[i])
+			l->dirty = true;
+	}
+	for (i = 0; i < w.ngone; i++)
+	{
+		AeLease    *l = ae_lease_find(w.gone[i]);
+
+		if (l && w.deleted[i])
+			l->state = AE_LEASE_FREE;
+	}
+	LWLockRelease(ae_leases->lock);
 }
 
 /* ----------------------------------------------------------------- keeper */
@@ -501,10 +564,11 @@ static void
 mark(AeLease *l, AeLeaseState state, const char *error)
 {
 	l->state = state;
-	l->notify = true;
+	/* Healthcheck items are the keeper's alone: never announced. */
+	l->notify = !l->healthcheck;
 	l->dirty = true;
 	if (error)
-		strlcpy(l->error, error, sizeof(l->error));
+		ae_lease_strcpy(l->error, error, sizeof(l->error));
 	if (state == AE_LEASE_LOST || state == AE_LEASE_FINISHED)
 		l->done_at = GetCurrentTimestamp();
 }
@@ -524,6 +588,7 @@ reap_dead_sessions(void)
 		if (l->claimed_pid == 0 || BackendPidGetProc(l->claimed_pid) != NULL)
 			continue;
 		l->claimed_pid = 0;
+		l->finishing_pid = 0;
 		l->dirty = true;
 		if (l->state == AE_LEASE_STOP_REQUESTED)
 			l->next_beat_at = 0;
@@ -555,48 +620,88 @@ typedef struct Act
 	char		last_heartbeat[AE_HB_LEN];
 } Act;
 
+/* A successful beat's answer (or a lost beat's, reconciled). */
+static void
+apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
+{
+	const char *hb = aej_string(answer, "last_heartbeat");
+	const char *state = aej_string(answer, "state");
+	json_t	   *ext = json_object_get(answer, "lease_extended");
+	json_t	   *ttl = json_object_get(answer, "ttl_seconds");
+	bool		extended = ext && json_is_true(ext);
+
+	if (json_is_integer(ttl) && json_integer_value(ttl) > 0 && json_integer_value(ttl) < 86400)
+		l->ttl_seconds = (int) json_integer_value(ttl);
+	strlcpy_or_empty(l->remote_state, state, sizeof(l->remote_state));
+	l->dirty = true;
+	l->beat_maybe_acted = false;
+	if (extended && hb)
+	{
+		strlcpy(l->last_heartbeat, hb, AE_HB_LEN);
+		l->last_beat_at = now;
+		l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
+		l->error[0] = '\0';
+	}
+	l->next_beat_at = TimestampTzPlusMilliseconds(now, beat_interval_ms(l->ttl_seconds));
+	/* A finish past its last check is committing: it decides. */
+	if (l->finishing_pid != 0)
+		return;
+	if (!extended || (state && (strcmp(state, "stopping") == 0 || strcmp(state, "stopped") == 0)))
+	{
+		l->next_beat_at = 0;
+		mark(l, AE_LEASE_STOP_REQUESTED,
+			 extended ? "the server asked to stop the item" : "the server did not extend the lease");
+	}
+}
+
 static void
 apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 {
+	json_t	   *answer = NULL;
+
 	if (o->error == NULL && o->answer != NULL)
 	{
-		const char *hb = aej_string(o->answer, "last_heartbeat");
-		const char *state = aej_string(o->answer, "state");
-		json_t	   *ext = json_object_get(o->answer, "lease_extended");
-		json_t	   *ttl = json_object_get(o->answer, "ttl_seconds");
-		bool		extended = ext && json_is_true(ext);
+		apply_beat_answer(l, o->answer, now);
+		return;
+	}
 
-		if (json_is_integer(ttl) && json_integer_value(ttl) > 0 && json_integer_value(ttl) < 86400)
-			l->ttl_seconds = (int) json_integer_value(ttl);
-		strlcpy_or_empty(l->remote_state, state, sizeof(l->remote_state));
-		l->dirty = true;
-		if (extended && hb)
-		{
-			strlcpy(l->last_heartbeat, hb, AE_HB_LEN);
-			l->last_beat_at = now;
-			l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
-			l->error[0] = '\0';
-		}
-		l->next_beat_at = TimestampTzPlusMilliseconds(now, beat_interval_ms(l->ttl_seconds));
-		if (!extended || (state && (strcmp(state, "stopping") == 0 || strcmp(state, "stopped") == 0)))
-		{
-			l->next_beat_at = 0;
-			mark(l, AE_LEASE_STOP_REQUESTED,
-				 extended ? "the server asked to stop the item" : "the server did not extend the lease");
-		}
+	/*
+	 * The keeper's own lost beat: an earlier attempt went unanswered, the
+	 * server may have applied it, and this one repeats it with the old
+	 * heartbeat.  Its 412 showing the lease that beat set is a success
+	 * (retry.c's rule, the same as for a retry within one call).
+	 */
+	if (o->status == 412 && l->beat_maybe_acted &&
+		ae_retry_reconcile(AE_RECONCILE_HEARTBEAT, o->status, o->failed_body,
+						   a->last_heartbeat, &answer) == AE_RECONCILED_ANSWER)
+	{
+		apply_beat_answer(l, answer, now);
 		return;
 	}
 	if (o->status == 412 || o->status == 404)
 	{
+		if (l->finishing_pid != 0)
+		{
+			l->next_beat_at = TimestampTzPlusMilliseconds(now, AE_KEEPER_TICK_MS);
+			return;
+		}
 		/* The SDK's rule: a lost lease is released, not stopped. */
 		mark(l, AE_LEASE_LOST, o->status == 412 ?
 			 "lease lost: the heartbeat's precondition failed (another worker holds the item)" :
 			 "lease lost: the server no longer knows the item");
 		return;
 	}
-	strlcpy(l->error, o->error ? o->error->message : "heartbeat failed", sizeof(l->error));
+
+	/*
+	 * No answer, or one a gateway may give after the server acted: the
+	 * next beat may meet the lease this one set.  It goes out soon; the
+	 * TTL rule decides when the lease is lost.
+	 */
+	if (o->status == 0 || ae_retry_may_have_acted(AE_END_ANSWER, o->status))
+		l->beat_maybe_acted = true;
+	ae_lease_strcpy(l->error, o->error ? o->error->message : "heartbeat failed", sizeof(l->error));
 	l->dirty = true;
-	l->next_beat_at = TimestampTzPlusMilliseconds(now, 1000);
+	l->next_beat_at = TimestampTzPlusMilliseconds(now, Min(1000, beat_interval_ms(l->ttl_seconds) / 2));
 }
 
 static void
@@ -611,7 +716,7 @@ apply_stop(AeLease *l, const AeCallOutcome *o, TimestampTz now)
 		return;
 	}
 	l->stop_failures++;
-	strlcpy(l->error, o->error->message, sizeof(l->error));
+	ae_lease_strcpy(l->error, o->error->message, sizeof(l->error));
 	l->dirty = true;
 	l->next_beat_at = TimestampTzPlusMilliseconds(now, 1000L << Min(l->stop_failures, 6));
 }
@@ -644,7 +749,7 @@ keeper_round(void)
 		{
 			case AE_LEASE_READY:
 			case AE_LEASE_CLAIMED:
-				if (l->last_beat_at != 0 &&
+				if (l->last_beat_at != 0 && l->finishing_pid == 0 &&
 					now > TimestampTzPlusMilliseconds(l->last_beat_at, (int64) l->ttl_seconds * 1000))
 				{
 					mark(l, AE_LEASE_LOST, "lease lost: no successful heartbeat for longer than the TTL");
@@ -701,9 +806,17 @@ keeper_round(void)
 			calls[i].body = "{\"force\":true}";
 		}
 	}
-	/* A beat is abandoned after one interval, retries included. */
-	SetConfigOption("anthropic.timeout_ms", psprintf("%d", Max(300, min_interval / (ae_max_retries + 1))),
+	/*
+	 * The round holds every other beat, the dead-session check and the
+	 * lost-lease check until its slowest call ends, so no call may take
+	 * long: one attempt, no retry within the call (a Retry-After would
+	 * otherwise hold the round for as long as the server likes), at most a
+	 * quarter of the shortest interval and 1 s.  A beat that fails is sent
+	 * again at a later round, well within its interval.
+	 */
+	SetConfigOption("anthropic.timeout_ms", psprintf("%d", Min(AE_BEAT_ATTEMPT_MAX_MS, Max(250, min_interval / 4))),
 					PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("anthropic.max_retries", "0", PGC_SUSET, PGC_S_SESSION);
 	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
 
 	now = GetCurrentTimestamp();
@@ -815,8 +928,14 @@ poller_round(void)
 	List	   *taken = NIL;
 	ListCell   *lc;
 	int			ntaken;
+	int			nfree = 0;
+	int			nclaim;
+	bool		full = false;
 
 	LWLockAcquire(ae_leases->lock, LW_SHARED);
+	for (i = 0; i < AE_MAX_LEASES; i++)
+		if (ae_leases->leases[i].state == AE_LEASE_FREE)
+			nfree++;
 	for (i = 0; i < nserved; i++)
 	{
 		Served	   *s = &served[i];
@@ -839,11 +958,28 @@ poller_round(void)
 				ready++;
 		}
 		if (waiting > ready || ready < s->prefetch)
+		{
+			/*
+			 * Only the poller fills slots, so a poll for each free slot
+			 * never takes an item the table cannot hold: an item taken
+			 * beyond it would be acked, then left to expire.
+			 */
+			if (n >= nfree)
+			{
+				full = true;
+				break;
+			}
 			want[n++] = i;
+		}
 	}
 	LWLockRelease(ae_leases->lock);
+	if (full && !told_full)
+		ereport(WARNING,
+				(errmsg("anthropic_env work poller holds %d leases, the most it can: it polls again once an item is gone",
+						AE_MAX_LEASES - nfree)));
+	told_full = full;
 	if (n == 0)
-		return 1000;
+		return full ? AE_KEEPER_TICK_MS : 1000;
 
 	calls = palloc0(sizeof(AeCall) * n);
 	out = palloc0(sizeof(AeCallOutcome) * n);
@@ -856,8 +992,17 @@ poller_round(void)
 		calls[i].extra_timeout_ms = 999;
 		calls[i].worker_id = served[want[i]].worker_id;
 	}
-	SetConfigOption("anthropic.timeout_ms", "10000", PGC_SUSET, PGC_S_SESSION);
+	/*
+	 * The polls of all environments go out together, and the acks wait for
+	 * the last poll: a failing environment must not hold them with its
+	 * retries.  A failed poll is not retried within the round; the
+	 * environment's own backoff (env_failed) takes over.
+	 */
+	SetConfigOption("anthropic.timeout_ms", "2000", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("anthropic.max_retries", "0", PGC_SUSET, PGC_S_SESSION);
 	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
+	SetConfigOption("anthropic.max_retries", GetConfigOptionResetString("anthropic.max_retries"),
+					PGC_SUSET, PGC_S_SESSION);
 	for (i = 0; i < n; i++)
 	{
 		Served	   *s = &served[want[i]];
@@ -903,6 +1048,9 @@ poller_round(void)
 		i++;
 	}
 	ae_api_call_each(calls, ntaken, AE_MAX_CONCURRENCY, out);
+
+	/* Only acked items get their lease claimed. */
+	nclaim = 0;
 	i = 0;
 	foreach(lc, taken)
 	{
@@ -911,21 +1059,32 @@ poller_round(void)
 		t->ok = out[i].error == NULL;
 		if (!t->ok)
 			env_failed(t->env, out[i].error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
-		calls[i].endpoint = AE_WORK_HEARTBEAT;
-		calls[i].query[0].name = "expected_last_heartbeat";
-		calls[i].query[0].value = "NO_HEARTBEAT";
+		else
+		{
+			memset(&calls[nclaim], 0, sizeof(AeCall));
+			calls[nclaim].endpoint = AE_WORK_HEARTBEAT;
+			calls[nclaim].args[0] = t->lease.environment_id;
+			calls[nclaim].args[1] = t->lease.work_id;
+			calls[nclaim].query[0].name = "expected_last_heartbeat";
+			calls[nclaim].query[0].value = "NO_HEARTBEAT";
+			nclaim++;
+		}
 		i++;
 	}
-	ae_api_call_each(calls, ntaken, AE_MAX_CONCURRENCY, out);
+	ae_api_call_each(calls, nclaim, AE_MAX_CONCURRENCY, out);
 	now = GetCurrentTimestamp();
 	i = 0;
 	foreach(lc, taken)
 	{
 		Taken	   *t = lfirst(lc);
-		const char *hb = out[i].answer ? aej_string(out[i].answer, "last_heartbeat") : NULL;
-		json_t	   *ttl = out[i].answer ? json_object_get(out[i].answer, "ttl_seconds") : NULL;
+		const char *hb;
+		json_t	   *ttl;
 
-		if (t->ok && (out[i].error || hb == NULL))
+		if (!t->ok)
+			continue;
+		hb = out[i].answer ? aej_string(out[i].answer, "last_heartbeat") : NULL;
+		ttl = out[i].answer ? json_object_get(out[i].answer, "ttl_seconds") : NULL;
+		if (out[i].error || hb == NULL)
 		{
 			t->ok = false;
 			if (out[i].error)
@@ -941,6 +1100,24 @@ poller_round(void)
 		}
 		i++;
 	}
+	/* Nothing is stored that no slot can take: its rows would stay forever. */
+	LWLockAcquire(ae_leases->lock, LW_SHARED);
+	nfree = 0;
+	for (i = 0; i < AE_MAX_LEASES; i++)
+		if (ae_leases->leases[i].state == AE_LEASE_FREE)
+			nfree++;
+	foreach(lc, taken)
+	{
+		Taken	   *t = lfirst(lc);
+
+		if (!t->ok || ae_lease_find(t->lease.work_id) != NULL)
+			continue;
+		if (nfree > 0)
+			nfree--;
+		else
+			t->ok = false;
+	}
+	LWLockRelease(ae_leases->lock);
 	if (!in_xact(store_taken, taken, "store the items it took"))
 		return 1000;
 
@@ -957,12 +1134,7 @@ poller_round(void)
 		if (l == NULL)
 			l = free_slot();
 		if (l == NULL)
-		{
-			ereport(WARNING,
-					(errmsg("anthropic_env work poller holds %d leases, the most it can; work item \"%s\" is left to expire",
-							AE_MAX_LEASES, t->lease.work_id)));
-			continue;
-		}
+			continue;			/* not reached: slots were counted above */
 		*l = t->lease;
 		l->state = AE_LEASE_READY;
 		l->taken_at = now;
