@@ -973,10 +973,11 @@ poller_round(void)
 		}
 	}
 	LWLockRelease(ae_leases->lock);
+	full = full && nfree == 0;
 	if (full && !told_full)
 		ereport(WARNING,
 				(errmsg("anthropic_env work poller holds %d leases, the most it can: it polls again once an item is gone",
-						AE_MAX_LEASES - nfree)));
+						AE_MAX_LEASES)));
 	told_full = full;
 	if (n == 0)
 		return full ? AE_KEEPER_TICK_MS : 1000;

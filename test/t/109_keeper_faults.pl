@@ -38,8 +38,9 @@ sq("SELECT anthropic.serve('$env')");
 
 # work_claim(wait => '10s') ends on statement_timeout within the recheck.
 my $t0 = time;
-like(sq(qq{SET statement_timeout = '300ms'; SELECT t_try(\$\$SELECT count(*) FROM anthropic.work_claim('$env', '10s')\$\$)}),
-	qr/^err\|57014\|/, 'a waiting work_claim ends with 57014 on statement_timeout');
+my ($trc, $tout, $terr) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSET statement_timeout = '300ms';\nSELECT count(*) FROM anthropic.work_claim('$env', '10s');");
+like($terr, qr/ERROR:  57014: canceling statement due to statement timeout/, 'a waiting work_claim ends with 57014 on statement_timeout');
 ok(time - $t0 < 1.5, sprintf('within %.0f ms', (time - $t0) * 1000));
 
 # A consumer that does not fit is refused, not cut.
@@ -48,7 +49,8 @@ like(sq(qq{SELECT t_try(\$\$SELECT count(*) FROM anthropic.work_claim('$env', '0
 
 # Texts from the API are cut at a character boundary.
 my $wmb = enqueue($env, { data => { type => ("\x{e9}" x 40), id => 'sesn_mb' } });
-is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s', 'mb')"), $wmb, 'an item with a 80-byte data type is claimed');
+is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s', 'mb') w, anthropic.work_finish(w.work_id)"), $wmb,
+	'an item with a 80-byte data type is claimed and finished');
 is(sq(q{SELECT data_type = repeat(chr(233), 31) FROM anthropic.leases WHERE data_id = 'sesn_mb'}), 't',
 	'its data type is cut to whole characters (31 of them, 62 bytes)');
 
@@ -88,11 +90,15 @@ is(sq("SELECT count(*) FROM anthropic.work_claim('$env', '1s')"), '0', 'no sessi
 is(poll_until("SELECT state FROM anthropic.work_get('$env', '$wf')", 'stopped', 5), 'stopped', 'and the keeper stopped it');
 is(sq(q{SELECT to_regclass('result_f') IS NOT NULL}), 't', 'the results were kept');
 
+# Each block below uses an environment of its own: a claim takes the
+# oldest ready item of its environment.
 # 3. The keeper's own lost beat: the server applies it and the answer is
 # dropped; the next beat repeats the old heartbeat and gets 412 with the
 # lease that beat set, which is success, not a lost lease.
-my $wl = enqueue($env);
-is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s')"), $wl, 'an item for the lost-beat case');
+my $envl = new_env('lostbeat');
+sq("SELECT anthropic.serve('$envl')");
+my $wl = enqueue($envl);
+is(sq("SELECT work_id FROM anthropic.work_claim('$envl', '5s')"), $wl, 'an item for the lost-beat case');
 poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$wl'", 'ready', 3);
 $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/work/$wl/heartbeat\$", close => JSON::PP::true,
@@ -110,15 +116,19 @@ my $envh = new_env('hung');
 sq("SELECT anthropic.serve('$envh')");
 my $wh = enqueue($envh);
 is(sq("SELECT work_id FROM anthropic.work_claim('$envh', '5s')"), $wh, 'an item of the hung environment');
-my $wo = enqueue($env);
-is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s')"), $wo, 'an item of another environment');
+my $envo = new_env('other');
+sq("SELECT anthropic.serve('$envo')");
+my $wo = enqueue($envo);
+is(sq("SELECT work_id FROM anthropic.work_claim('$envo', '5s')"), $wo, 'an item of another environment');
 poll_until("SELECT count(*) FROM anthropic.leases WHERE work_id IN ('$wh', '$wo') AND state = 'ready'", '2', 3);
 $fake->fault({ method => 'POST', path_regex => "/environments/$envh/work/[^/]+/heartbeat\$", delay_ms => 20000, times => -1 });
 $fake->clear_requests;
 $t0 = time;
-my $wd = enqueue($env);
+my $envd = new_env('dead');
+sq("SELECT anthropic.serve('$envd')");
+my $wd = enqueue($envd);
 my $claimer = $node->background_psql('postgres');
-$claimer->query_until(qr/claimedd/, "SELECT work_id FROM anthropic.work_claim('$env', '5s');\n\\echo claimedd\n");
+$claimer->query_until(qr/claimedd/, "SELECT work_id FROM anthropic.work_claim('$envd', '5s');\n\\echo claimedd\n");
 is(lease($wd), 'claimed', 'a session claims an item while the other beats hang');
 $claimer->quit;
 my $t1 = time;
@@ -132,7 +142,7 @@ ok(@ok >= 3, scalar(@ok) . ' beats of the other environment in 8 s');
 ok($gap < 3.2, sprintf('its beats stayed on schedule (largest gap %.2f s, interval 2 s)', $gap));
 is(lease($wo), 'ready', 'its lease is kept');
 my @hung = reqs_for(qr{/environments/\Q$envh\E/work/[^/]+/heartbeat$});
-ok(@hung >= 3, scalar(@hung) . ' beats of the hung environment, each abandoned and sent again');
+ok(@hung >= 2, scalar(@hung) . ' beats of the hung environment: each abandoned, then sent again');
 is(lease($wh), 'lost', 'the hung lease is lost once no beat succeeded for the TTL');
 
 # The same with a 429 asking to wait a minute.
@@ -157,9 +167,11 @@ sq("SELECT anthropic.serve('$envf', prefetch => 1)");
 $fake->fault({ method => 'GET', path_regex => "/environments/$envf/work/poll\$", status => 500, times => -1 });
 sleep 2;
 $fake->clear_requests;
-my $wa = enqueue($env);
-is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s')"), $wa, 'the good environment gets its item');
-my ($poll) = grep { ($_->{status} // 0) == 200 } reqs_for(qr{/environments/\Q$env\E/work/poll$});
+my $envg = new_env('good');
+sq("SELECT anthropic.serve('$envg')");
+my $wa = enqueue($envg);
+is(sq("SELECT work_id FROM anthropic.work_claim('$envg', '5s')"), $wa, 'the good environment gets its item');
+my ($poll) = grep { ($_->{status} // 0) == 200 } reqs_for(qr{/environments/\Q$envg\E/work/poll$});
 my ($ack) = reqs_for(qr{/work/\Q$wa\E/ack$});
 ok($poll && $ack && $ack->{time} - $poll->{time} < 1,
 	sprintf('acked %.0f ms after the poll that took it', $poll && $ack ? ($ack->{time} - $poll->{time}) * 1000 : -1));
