@@ -34,7 +34,7 @@ my $w = $fake->call('POST', "/_fake/environments/$env/work", {})->{id};
 
 my $dir = tempdir(CLEANUP => 1);
 open(my $fh, '>', "$dir/run-session") or die;
-print $fh "#!/bin/sh\necho \"\$1 \$WORK_SECRET\" >> done.txt\n";
+print $fh "#!/bin/sh\necho \"\$1 \$WORK_SECRET\" >> done.txt\n[ ! -e fail ]\n";
 close $fh;
 chmod 0755, "$dir/run-session";
 
@@ -50,11 +50,27 @@ for (1 .. 200)
 	last if $state eq 'finishedtrue';
 	select(undef, undef, undef, 0.1);
 }
-$h->kill_kill;
 is($state, 'finishedtrue', 'the loop claimed the item and finished it; the keeper sent the stop');
 my $done = -e "$dir/done.txt" ? slurp_file("$dir/done.txt") : '';
 like($done, qr/^\Q$w\E \S{8,}$/m, 'run-session got the work id and the secret');
 is((() = $done =~ /\n/g), 1, 'once');
+
+# A run-session that fails: the item is not finished, it goes back and the
+# loop takes it again.
+open($fh, '>', "$dir/fail") or die;
+close $fh;
+my $w2 = $fake->call('POST', "/_fake/environments/$env/work", {})->{id};
+my $tries = 0;
+for (1 .. 200)
+{
+	$done = slurp_file("$dir/done.txt");
+	$tries = () = $done =~ /^\Q$w2\E /mg;
+	last if $tries >= 2;
+	select(undef, undef, undef, 0.1);
+}
+ok($tries >= 2, "a failed run is handed back and tried again ($tries runs)");
+isnt($node->safe_psql('postgres', "SELECT state FROM anthropic.leases WHERE work_id = '$w2'"), 'finished', 'and never finished');
+$h->kill_kill;
 is($node->safe_psql('postgres', "SELECT state FROM anthropic.work_get('$env', '$w')"), 'stopped', 'the item is stopped remotely');
 
 $node->stop;
