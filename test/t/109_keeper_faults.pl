@@ -90,6 +90,40 @@ is(sq("SELECT count(*) FROM anthropic.work_claim('$env', '1s')"), '0', 'no sessi
 is(poll_until("SELECT state FROM anthropic.work_get('$env', '$wf')", 'stopped', 5), 'stopped', 'and the keeper stopped it');
 is(sq(q{SELECT to_regclass('result_f') IS NOT NULL}), 't', 'the results were kept');
 
+# A transaction left open after work_finish holds the keeper up in
+# nothing: its row is written later, the other leases keep their beats.
+my $envx = new_env('open-xact');
+sq("SELECT anthropic.serve('$envx')");
+my $wx = enqueue($envx);
+my $wy = enqueue($envx);
+my $bx = $node->background_psql('postgres', on_error_stop => 0);
+$bx->query_until(qr/claimedx/, "SELECT work_id AS w FROM anthropic.work_claim('$envx', '5s') \\gset\n\\echo claimedx\n");
+is(sq("SELECT work_id FROM anthropic.work_claim('$envx', '5s')"), $wy, 'a second item, ready once that session ended');
+$bx->query_until(qr/pendingx/, "BEGIN;\nSELECT anthropic.work_finish(:'w');\n\\echo pendingx\n");
+my $beat0 = sq("SELECT last_beat_at FROM anthropic.held_work WHERE work_id = '$wy'");
+sleep 5;
+ok(sq("SELECT last_beat_at > '$beat0' FROM anthropic.held_work WHERE work_id = '$wy'") eq 't',
+	'while the finish is uncommitted the keeper still writes the other lease');
+is(lease($wy), 'ready', 'and beats it');
+$bx->query_until(qr/committedx/, "COMMIT;\n\\echo committedx\n");
+$bx->quit;
+is(poll_until("SELECT state || (stop_sent_at IS NOT NULL) FROM anthropic.leases WHERE work_id = '$wx'", 'finishedtrue', 3),
+	'finishedtrue', 'the finish committed after 5 s took effect');
+is(sq("SELECT state FROM anthropic.held_work WHERE work_id = '$wx'"), 'finished', 'and is recorded');
+
+# An item whose ack fails is not claimed with NO_HEARTBEAT.
+is(sq("SELECT w.work_id FROM anthropic.work_claim('$envx', '1s') w, anthropic.work_finish(w.work_id)"), $wy,
+	'(the second item is finished too)');
+my $wk = enqueue($envx);
+$fake->fault({ method => 'POST', path_regex => "/work/$wk/ack\$", status => 400, times => -1 });
+$fake->clear_requests;
+is(sq("SELECT count(*) FROM anthropic.work_claim('$envx', '2s')"), '0', 'an item whose ack fails is not offered');
+is(scalar(reqs_for(qr{/work/\Q$wk\E/heartbeat$})), 0, 'and its lease is never claimed');
+like(slurp_file($node->logfile), qr/WARNING:  anthropic_env work poller: acknowledging work item "\Q$wk\E" for environment/,
+	'the failed ack is logged at WARNING');
+$fake->clear_faults;
+sq("SELECT anthropic.unserve('$envx')");
+
 # Each block below uses an environment of its own: a claim takes the
 # oldest ready item of its environment.
 # 3. The keeper's own lost beat: the server applies it and the answer is
