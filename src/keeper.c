@@ -11,10 +11,14 @@
  *   secret in the UNLOGGED anthropic.work_secrets) and marks it ready.
  * - The keeper beats every held item at max(1 s, min(ttl/2, 30 s)),
  *   echoing last_heartbeat verbatim, all due beats of a round at once
- *   through the libcurl multi interface (ae_api_call_each), each abandoned
- *   after one interval.  It notices dead sessions, lost leases and stop
- *   requests, sends the force stops, writes the table anthropic.held_work
- *   that a restart reads back, and sends every NOTIFY anthropic_work.
+ *   through the libcurl multi interface (ae_api_call_each).  Each attempt
+ *   is capped well below one interval and not retried within the round, so
+ *   no beat holds the others; the keeper sends a failed beat again and
+ *   reconciles the 412 that may follow its own unanswered beat.  It
+ *   notices dead sessions, lost leases and stop requests, sends the force
+ *   stops, writes the table anthropic.held_work that a restart reads back
+ *   (skipping rows a session's open work_finish() holds), and sends every
+ *   NOTIFY anthropic_work.
  *
  * They are two processes because a long poll lasts up to a second, and a
  * beat must never wait for one (nor for a sync, which has a worker of its
