@@ -798,6 +798,7 @@ keeper_round(void)
 	{
 		calls[i].args[0] = acts[i].environment_id;
 		calls[i].args[1] = acts[i].work_id;
+		calls[i].no_retry = true;
 		if (acts[i].kind == ACT_BEAT)
 		{
 			calls[i].endpoint = AE_WORK_HEARTBEAT;
@@ -820,7 +821,6 @@ keeper_round(void)
 	 */
 	SetConfigOption("anthropic.timeout_ms", psprintf("%d", Min(AE_BEAT_ATTEMPT_MAX_MS, Max(250, min_interval / 4))),
 					PGC_SUSET, PGC_S_SESSION);
-	SetConfigOption("anthropic.max_retries", "0", PGC_SUSET, PGC_S_SESSION);
 	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
 
 	now = GetCurrentTimestamp();
@@ -851,7 +851,8 @@ typedef struct Taken
 	json_t	   *item;
 	Served	   *env;
 	AeLease		lease;
-	bool		ok;
+	bool		polled;			/* a poll returned it */
+	bool		ok;				/* acked and its lease claimed */
 } Taken;
 
 static void
@@ -919,6 +920,87 @@ env_failed(Served *s, ErrorData *e, const char *what)
 			 errhint("Polling this environment backs off for %ld ms; the others go on.", delay)));
 }
 
+/* The chains of one poller round. */
+typedef struct PollRound
+{
+	Served	  **envs;			/* per chain */
+	Taken	   *taken;			/* per chain */
+	AeCall	   *next;			/* per chain: its ack, then its claim */
+} PollRound;
+
+/* After each call of an environment's chain: what to send next. */
+static const AeCall *
+poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o)
+{
+	PollRound  *r = arg;
+	Served	   *s = r->envs[chain];
+	Taken	   *t = &r->taken[chain];
+	AeCall	   *next = &r->next[chain];
+	const char *hb;
+	json_t	   *ttl;
+	json_t	   *data;
+
+	switch (call->endpoint)
+	{
+		case AE_WORK_POLL:
+			if (o->error)
+			{
+				env_failed(s, o->error, "polling");
+				return NULL;
+			}
+			s->failures = 0;
+			if (o->answer == NULL)
+				return NULL;
+			data = json_object_get(o->answer, "data");
+			t->item = o->answer;
+			t->env = s;
+			strlcpy_or_empty(t->lease.work_id, aej_string(o->answer, "id"), AE_ID_LEN);
+			strlcpy(t->lease.environment_id, s->environment_id, AE_ID_LEN);
+			strlcpy_or_empty(t->lease.data_type, data ? aej_string(data, "type") : NULL,
+							 sizeof(t->lease.data_type));
+			strlcpy_or_empty(t->lease.data_id, data ? aej_string(data, "id") : NULL, AE_ID_LEN);
+			t->lease.healthcheck = strcmp(t->lease.data_type, "healthcheck") == 0;
+			if (t->lease.work_id[0] == '\0')
+				return NULL;
+			t->polled = true;
+			memset(next, 0, sizeof(AeCall));
+			next->endpoint = AE_WORK_ACK;
+			next->args[0] = t->lease.environment_id;
+			next->args[1] = t->lease.work_id;
+			return next;
+		case AE_WORK_ACK:
+			if (o->error)
+			{
+				env_failed(s, o->error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
+				return NULL;
+			}
+			/* Only an acked item gets its lease claimed. */
+			memset(next, 0, sizeof(AeCall));
+			next->endpoint = AE_WORK_HEARTBEAT;
+			next->args[0] = t->lease.environment_id;
+			next->args[1] = t->lease.work_id;
+			next->query[0].name = "expected_last_heartbeat";
+			next->query[0].value = "NO_HEARTBEAT";
+			return next;
+		case AE_WORK_HEARTBEAT:
+			hb = o->answer ? aej_string(o->answer, "last_heartbeat") : NULL;
+			ttl = o->answer ? json_object_get(o->answer, "ttl_seconds") : NULL;
+			if (o->error)
+				env_failed(s, o->error, psprintf("claiming the lease of work item \"%s\"", t->lease.work_id));
+			if (o->error || hb == NULL)
+				return NULL;
+			t->ok = true;
+			strlcpy(t->lease.last_heartbeat, hb, AE_HB_LEN);
+			t->lease.ttl_seconds = (json_is_integer(ttl) && json_integer_value(ttl) > 0) ?
+				(int) json_integer_value(ttl) : 120;
+			strlcpy_or_empty(t->lease.remote_state, aej_string(o->answer, "state"),
+							 sizeof(t->lease.remote_state));
+			return NULL;
+		default:
+			return NULL;
+	}
+}
+
 /* One round of the poller: polls, acks, claims; returns how long to sleep. */
 static long
 poller_round(void)
@@ -931,10 +1013,9 @@ poller_round(void)
 	AeCallOutcome *out;
 	List	   *taken = NIL;
 	ListCell   *lc;
-	int			ntaken;
 	int			nfree = 0;
-	int			nclaim;
 	bool		full = false;
+	PollRound	r;
 
 	LWLockAcquire(ae_leases->lock, LW_SHARED);
 	for (i = 0; i < AE_MAX_LEASES; i++)
@@ -988,123 +1069,37 @@ poller_round(void)
 
 	calls = palloc0(sizeof(AeCall) * n);
 	out = palloc0(sizeof(AeCallOutcome) * n);
+	r.envs = palloc(sizeof(Served *) * n);
+	r.taken = palloc0(sizeof(Taken) * n);
+	r.next = palloc0(sizeof(AeCall) * n);
 	for (i = 0; i < n; i++)
 	{
+		r.envs[i] = &served[want[i]];
 		calls[i].endpoint = AE_WORK_POLL;
 		calls[i].args[0] = served[want[i]].environment_id;
 		calls[i].query[0].name = "block_ms";
 		calls[i].query[0].value = "999";
 		calls[i].extra_timeout_ms = 999;
 		calls[i].worker_id = served[want[i]].worker_id;
+		/* A failed poll is not retried: the environment's backoff takes over. */
+		calls[i].no_retry = true;
 	}
+
 	/*
-	 * The polls of all environments go out together, and the acks wait for
-	 * the last poll: a failing environment must not hold them with its
-	 * retries.  A failed poll is not retried within the round; the
-	 * environment's own backoff (env_failed) takes over.
+	 * Each environment's poll, ack and NO_HEARTBEAT claim form a chain:
+	 * the ack goes out as soon as its poll answers, not after the other
+	 * environments' long polls, and a failing environment holds only its
+	 * own chain.
 	 */
 	SetConfigOption("anthropic.timeout_ms", "2000", PGC_SUSET, PGC_S_SESSION);
-	SetConfigOption("anthropic.max_retries", "0", PGC_SUSET, PGC_S_SESSION);
-	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
-	SetConfigOption("anthropic.max_retries", GetConfigOptionResetString("anthropic.max_retries"),
-					PGC_SUSET, PGC_S_SESSION);
+	ae_api_call_chains(calls, n, AE_MAX_CONCURRENCY, poll_chain_next, &r, out);
+	now = GetCurrentTimestamp();
 	for (i = 0; i < n; i++)
-	{
-		Served	   *s = &served[want[i]];
-
-		if (out[i].error)
-			env_failed(s, out[i].error, "polling");
-		else
-		{
-			s->failures = 0;
-			if (out[i].answer)
-			{
-				Taken	   *t = palloc0(sizeof(Taken));
-				json_t	   *data = json_object_get(out[i].answer, "data");
-
-				t->item = out[i].answer;
-				t->env = s;
-				strlcpy_or_empty(t->lease.work_id, aej_string(out[i].answer, "id"), AE_ID_LEN);
-				strlcpy(t->lease.environment_id, s->environment_id, AE_ID_LEN);
-				strlcpy_or_empty(t->lease.data_type, data ? aej_string(data, "type") : NULL,
-								 sizeof(t->lease.data_type));
-				strlcpy_or_empty(t->lease.data_id, data ? aej_string(data, "id") : NULL, AE_ID_LEN);
-				t->lease.healthcheck = strcmp(t->lease.data_type, "healthcheck") == 0;
-				if (t->lease.work_id[0] != '\0')
-					taken = lappend(taken, t);
-			}
-		}
-	}
+		if (r.taken[i].polled)
+			taken = lappend(taken, &r.taken[i]);
 	if (taken == NIL)
 		return 0;
 
-	/* Ack at once, then claim the lease with NO_HEARTBEAT. */
-	ntaken = list_length(taken);
-	calls = palloc0(sizeof(AeCall) * ntaken);
-	out = palloc0(sizeof(AeCallOutcome) * ntaken);
-	i = 0;
-	foreach(lc, taken)
-	{
-		Taken	   *t = lfirst(lc);
-
-		calls[i].endpoint = AE_WORK_ACK;
-		calls[i].args[0] = t->lease.environment_id;
-		calls[i].args[1] = t->lease.work_id;
-		i++;
-	}
-	ae_api_call_each(calls, ntaken, AE_MAX_CONCURRENCY, out);
-
-	/* Only acked items get their lease claimed. */
-	nclaim = 0;
-	i = 0;
-	foreach(lc, taken)
-	{
-		Taken	   *t = lfirst(lc);
-
-		t->ok = out[i].error == NULL;
-		if (!t->ok)
-			env_failed(t->env, out[i].error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
-		else
-		{
-			memset(&calls[nclaim], 0, sizeof(AeCall));
-			calls[nclaim].endpoint = AE_WORK_HEARTBEAT;
-			calls[nclaim].args[0] = t->lease.environment_id;
-			calls[nclaim].args[1] = t->lease.work_id;
-			calls[nclaim].query[0].name = "expected_last_heartbeat";
-			calls[nclaim].query[0].value = "NO_HEARTBEAT";
-			nclaim++;
-		}
-		i++;
-	}
-	ae_api_call_each(calls, nclaim, AE_MAX_CONCURRENCY, out);
-	now = GetCurrentTimestamp();
-	i = 0;
-	foreach(lc, taken)
-	{
-		Taken	   *t = lfirst(lc);
-		const char *hb;
-		json_t	   *ttl;
-
-		if (!t->ok)
-			continue;
-		hb = out[i].answer ? aej_string(out[i].answer, "last_heartbeat") : NULL;
-		ttl = out[i].answer ? json_object_get(out[i].answer, "ttl_seconds") : NULL;
-		if (out[i].error || hb == NULL)
-		{
-			t->ok = false;
-			if (out[i].error)
-				env_failed(t->env, out[i].error, psprintf("claiming the lease of work item \"%s\"", t->lease.work_id));
-		}
-		if (t->ok)
-		{
-			strlcpy(t->lease.last_heartbeat, hb, AE_HB_LEN);
-			t->lease.ttl_seconds = (json_is_integer(ttl) && json_integer_value(ttl) > 0) ?
-				(int) json_integer_value(ttl) : 120;
-			strlcpy_or_empty(t->lease.remote_state, aej_string(out[i].answer, "state"),
-							 sizeof(t->lease.remote_state));
-		}
-		i++;
-	}
 	/* Nothing is stored that no slot can take: its rows would stay forever. */
 	LWLockAcquire(ae_leases->lock, LW_SHARED);
 	nfree = 0;

@@ -195,13 +195,18 @@ is(lease($wo), 'ready', 'the other lease is kept');
 $fake->clear_faults;
 sq("SELECT anthropic.unserve('$envh')");
 
-# 5. A failing environment (5xx) delays no other's poll and ack.  A
-# session waits for the good environment first, so that its polls share
-# rounds with the failing environment's.
+# 5. A failing environment (5xx) delays no other's poll and ack, nor does
+# an idle one whose long polls block for 999 ms.  Sessions wait for the
+# good and the idle environment first, so that their polls share rounds
+# with the failing environment's.
 my $envf = new_env('failing');
 my $envg = new_env('good');
+my $envi = new_env('idle');
 sq("SELECT anthropic.serve('$envg')");
+sq("SELECT anthropic.serve('$envi')");
 $fake->fault({ method => 'GET', path_regex => "/environments/$envf/work/poll\$", status => 500, times => -1 });
+my $idler = $node->background_psql('postgres');
+$idler->query_until(qr/waiting/, "\\echo waiting\nSELECT count(*) FROM anthropic.work_claim('$envi', '15s');\n");
 my $waiter = $node->background_psql('postgres');
 $waiter->query_until(qr/waiting/, "\\echo waiting\nSELECT work_id FROM anthropic.work_claim('$envg', '15s');\n\\echo claimedg\n");
 sq("SELECT anthropic.serve('$envf', prefetch => 1)");
@@ -212,9 +217,13 @@ my $wa = enqueue($envg);
 my $claimed = $waiter->query_until(qr/claimedg/, '');
 like($claimed, qr/\Q$wa\E/, 'the good environment gets its item');
 my ($ack) = reqs_for(qr{/work/\Q$wa\E/ack$});
-ok($ack && $ack->{time} - $te < 1,
-	sprintf('acked %.0f ms after it was queued', $ack ? ($ack->{time} - $te) * 1000 : -1));
+ok($ack && $ack->{time} - $te < 0.5,
+	sprintf('acked %.0f ms after it was queued, not after the idle long poll', $ack ? ($ack->{time} - $te) * 1000 : -1));
+ok((grep { $_->{path} =~ m{/environments/\Q$envi\E/work/poll$} } @{ $fake->requests }), '(the idle environment was being polled)');
 $waiter->quit;
+sq("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%work_claim(''$envi''%' AND pid <> pg_backend_pid()");
+$idler->quit;
+sq("SELECT anthropic.unserve('$envi')");
 like(slurp_file($node->logfile), qr/WARNING:  anthropic_env work poller: polling for environment "\Q$envf\E" failed/,
 	'the failing environment is logged at WARNING');
 my @fp = grep { $_->{path} =~ m{/environments/\Q$envf\E/work/poll$} } @{ $fake->requests };
