@@ -69,6 +69,7 @@ PGDLLEXPORT void ae_keeper_main(Datum arg);
 #define AE_KEEPER_TICK_MS 250
 #define AE_TERMINAL_KEEP_MS (10 * 60 * 1000)
 #define AE_POLL_BACKOFF_MAX_MS 60000
+#define AE_BEAT_ATTEMPT_MIN_MS 500
 #define AE_BEAT_ATTEMPT_MAX_MS 1000
 
 typedef struct Served
@@ -815,15 +816,16 @@ keeper_round(void)
 	 * The round holds every other beat, the dead-session check and the
 	 * lost-lease check until its slowest call ends, so no call may take
 	 * long: one attempt, no retry within the call (a Retry-After would
-	 * otherwise hold the round for as long as the server likes), at most a
-	 * quarter of the shortest interval and 1 s.  A beat that fails is sent
-	 * again at a later round, well within its interval.
+	 * otherwise hold the round for as long as the server likes), at most
+	 * half the shortest interval and 1 s.  A beat that fails is sent again
+	 * at a later round, well within its interval.  Times count from the
+	 * send, so a slow round delays no lease's next beat.
 	 */
-	SetConfigOption("anthropic.timeout_ms", psprintf("%d", Min(AE_BEAT_ATTEMPT_MAX_MS, Max(250, min_interval / 4))),
+	SetConfigOption("anthropic.timeout_ms",
+					psprintf("%d", Min(AE_BEAT_ATTEMPT_MAX_MS, Max(AE_BEAT_ATTEMPT_MIN_MS, min_interval / 2))),
 					PGC_SUSET, PGC_S_SESSION);
 	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
 
-	now = GetCurrentTimestamp();
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 	for (i = 0; i < n; i++)
 	{
