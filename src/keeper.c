@@ -855,6 +855,7 @@ typedef struct Taken
 	AeLease		lease;
 	bool		polled;			/* a poll returned it */
 	bool		ok;				/* acked and its lease claimed */
+	TimestampTz claimed_at;		/* when the lease was claimed */
 } Taken;
 
 static void
@@ -992,6 +993,8 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			if (o->error || hb == NULL)
 				return NULL;
 			t->ok = true;
+			/* The lease runs from now, not from the end of the round. */
+			t->claimed_at = GetCurrentTimestamp();
 			strlcpy(t->lease.last_heartbeat, hb, AE_HB_LEN);
 			t->lease.ttl_seconds = (json_is_integer(ttl) && json_integer_value(ttl) > 0) ?
 				(int) json_integer_value(ttl) : 120;
@@ -1095,7 +1098,6 @@ poller_round(void)
 	 */
 	SetConfigOption("anthropic.timeout_ms", "2000", PGC_SUSET, PGC_S_SESSION);
 	ae_api_call_chains(calls, n, AE_MAX_CONCURRENCY, poll_chain_next, &r, out);
-	now = GetCurrentTimestamp();
 	for (i = 0; i < n; i++)
 		if (r.taken[i].polled)
 			taken = lappend(taken, &r.taken[i]);
@@ -1139,10 +1141,11 @@ poller_round(void)
 			continue;			/* not reached: slots were counted above */
 		*l = t->lease;
 		l->state = AE_LEASE_READY;
-		l->taken_at = now;
-		l->last_beat_at = now;
-		l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
-		l->next_beat_at = TimestampTzPlusMilliseconds(now, l->healthcheck ? 0 : beat_interval_ms(l->ttl_seconds));
+		l->taken_at = t->claimed_at;
+		l->last_beat_at = t->claimed_at;
+		l->lease_expires_at = TimestampTzPlusMilliseconds(t->claimed_at, (int64) l->ttl_seconds * 1000);
+		l->next_beat_at = TimestampTzPlusMilliseconds(t->claimed_at,
+													  l->healthcheck ? 0 : beat_interval_ms(l->ttl_seconds));
 		l->dirty = true;
 		l->notify = !l->healthcheck;
 	}
