@@ -247,6 +247,14 @@ BEGIN
 	IF worker_id = '' OR worker_id ~ '[[:cntrl:]]' THEN
 		RAISE EXCEPTION 'invalid worker_id' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- The keeper serves at most 256 environments; more would be ignored silently.
+	IF NOT EXISTS (SELECT 1 FROM anthropic.served_environments s WHERE s.environment_id = serve.environment_id)
+		AND (SELECT count(*) FROM anthropic.served_environments) >= 256 THEN
+		RAISE EXCEPTION 'too many served environments'
+			USING ERRCODE = 'program_limit_exceeded',
+			DETAIL = 'The lease keeper serves at most 256 environments.',
+			HINT = 'Unserve an environment first.';
+	END IF;
 	INSERT INTO anthropic.served_environments AS s (environment_id, prefetch, worker_id)
 	VALUES (serve.environment_id, serve.prefetch, serve.worker_id)
 	ON CONFLICT ON CONSTRAINT served_environments_pkey DO UPDATE
@@ -278,7 +286,8 @@ COMMENT ON FUNCTION anthropic.work_claim(text, interval, text) IS
 CREATE FUNCTION anthropic.work_finish(work_id text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'ae_work_finish'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION anthropic.work_finish(text) IS
 	'Finishes a claimed item when the transaction commits (the keeper then stops it); raises 40001 if the lease is no longer held, so the results roll back';
 

@@ -348,6 +348,7 @@ prepare_call(const AeCall *call, AePrepared *p)
 	p->req.credential = ep->credential;
 	p->req.workspace = ep->workspace;
 	p->req.retry = ep->retry;
+	p->req.no_retry = call->no_retry;
 	/* Work calls of every environment take that environment's own key. */
 	if (ep->credential == AE_CRED_ENVIRONMENT)
 		p->req.bearer_key = ae_envkeys_lookup(call->args[0]);
@@ -510,45 +511,151 @@ prepare_batch(const AeCall *calls, int n, AePrepared **p, AeHttpRequest **reqs,
 	}
 }
 
+/* One call's outcome, as ae_api_call_each reports it; never raises. */
+static void
+outcome_of(const AeCall *call, AePrepared *p, AeHttpResponse *resp, AeCallOutcome *out)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ErrorContextCallback errcb;
+
+	out->answer = NULL;
+	out->error = NULL;
+	out->failed_body = NULL;
+	out->status = resp->status;
+	push_context(&errcb, &p->ctx);
+	PG_TRY();
+	{
+		if (resp->status == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("Anthropic API request failed in transport"),
+					 errdetail_internal("%s", resp->transport_error)));
+		out->answer = finish_call(call, resp);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		out->error = CopyErrorData();
+		FlushErrorState();
+		/* A caller reconciling across calls reads current_state in it. */
+		if (resp->body != NULL)
+			out->failed_body = aej_parse(resp->body, resp->body_len, NULL, 0);
+	}
+	PG_END_TRY();
+	error_context_stack = errcb.previous;
+}
+
 void
 ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out)
 {
 	AePrepared *p;
 	AeHttpRequest *reqs;
 	AeHttpResponse *resps;
-	MemoryContext cxt = CurrentMemoryContext;
 	int			i;
 
 	if (n == 0)
 		return;
 	prepare_batch(calls, n, &p, &reqs, &resps);
 	ae_http_execute_each(reqs, resps, n, Min(concurrency, AE_MAX_CONCURRENCY));
+	for (i = 0; i < n; i++)
+		outcome_of(&calls[i], &p[i], &resps[i], &out[i]);
+}
 
+/* One chain of ae_api_call_chains() while its batch runs. */
+typedef struct AeChain
+{
+	int			index;
+	const AeCall *call;			/* the call in flight */
+	AePrepared	p;
+	AeChainNext next;
+	void	   *arg;
+	bool		done;			/* next() has seen the last outcome */
+	AeCallOutcome *out;
+} AeChain;
+
+/*
+ * Whether an answer can be turned into an outcome inside the batch: a
+ * reconciliation would send a request of its own, so it waits for the
+ * batch's end.
+ */
+static bool
+outcome_needs_no_request(const AeCall *call, const AeHttpResponse *resp)
+{
+	return resp->status == 0 || (resp->status >= 200 && resp->status < 300) ||
+		!resp->maybe_acted || endpoints[call->endpoint].reconcile == AE_RECONCILE_NONE;
+}
+
+static const AeHttpRequest *
+chain_then(void *arg, AeHttpResponse *resp)
+{
+	AeChain    *c = arg;
+	const AeCall *following;
+
+	if (!outcome_needs_no_request(c->call, resp))
+		return NULL;
+	outcome_of(c->call, &c->p, resp, c->out);
+	following = c->next(c->arg, c->index, c->call, c->out);
+	if (following == NULL)
+	{
+		c->done = true;
+		return NULL;
+	}
+	c->call = following;
+	prepare_call(following, &c->p);
+	c->p.req.then = chain_then;
+	c->p.req.then_arg = c;
+	return &c->p.req;
+}
+
+void
+ae_api_call_chains(const AeCall *calls, int n, int concurrency,
+				   AeChainNext next, void *arg, AeCallOutcome *out)
+{
+	AeChain    *chains;
+	AeHttpRequest *reqs;
+	AeHttpResponse *resps;
+	int			i;
+
+	if (n == 0)
+		return;
+	chains = palloc0(sizeof(AeChain) * n);
+	reqs = palloc(sizeof(AeHttpRequest) * n);
+	resps = palloc(sizeof(AeHttpResponse) * n);
 	for (i = 0; i < n; i++)
 	{
-		ErrorContextCallback errcb;
+		AeChain    *c = &chains[i];
 
-		out[i].answer = NULL;
-		out[i].error = NULL;
-		out[i].status = resps[i].status;
-		push_context(&errcb, &p[i].ctx);
-		PG_TRY();
+		c->index = i;
+		c->call = &calls[i];
+		c->next = next;
+		c->arg = arg;
+		c->out = &out[i];
+		prepare_call(c->call, &c->p);
+		reqs[i] = c->p.req;
+		reqs[i].then = chain_then;
+		reqs[i].then_arg = c;
+	}
+	ae_http_execute_each(reqs, resps, n, Min(concurrency, AE_MAX_CONCURRENCY));
+
+	/* Chains left to reconcile go on one call at a time. */
+	for (i = 0; i < n; i++)
+	{
+		AeChain    *c = &chains[i];
+		AeHttpResponse *resp = &resps[i];
+
+		while (!c->done)
 		{
-			if (resps[i].status == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_CONNECTION_FAILURE),
-						 errmsg("Anthropic API request failed in transport"),
-						 errdetail_internal("%s", resps[i].transport_error)));
-			out[i].answer = finish_call(&calls[i], &resps[i]);
+			const AeCall *following;
+
+			outcome_of(c->call, &c->p, resp, c->out);
+			following = c->next(c->arg, c->index, c->call, c->out);
+			if (following == NULL)
+				break;
+			c->call = following;
+			prepare_call(following, &c->p);
+			resp = palloc(sizeof(AeHttpResponse));
+			ae_http_execute_each(&c->p.req, resp, 1, 1);
 		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(cxt);
-			out[i].error = CopyErrorData();
-			FlushErrorState();
-		}
-		PG_END_TRY();
-		error_context_stack = errcb.previous;
 	}
 }
 

@@ -37,6 +37,7 @@ typedef struct AeCall
 	const char *body;			/* JSON text in server encoding, or NULL */
 	const char *worker_id;		/* anthropic-worker-id, or NULL */
 	int			extra_timeout_ms;
+	bool		no_retry;		/* one attempt only: the caller retries */
 	bool		missing_ok;		/* a 404 returns NULL instead of raising */
 	bool		stop_force;		/* work_stop's force, for reconciliation */
 	/* When set, receives the answer as jsonb built from its text, or NULL. */
@@ -67,6 +68,7 @@ typedef struct AeCallOutcome
 	json_t	   *answer;			/* as ae_api_call would return it */
 	ErrorData  *error;			/* what ae_api_call would raise, or NULL */
 	long		status;			/* HTTP status; 0 for a transport failure */
+	json_t	   *failed_body;	/* with error: the answer's JSON body, or NULL */
 } AeCallOutcome;
 
 /*
@@ -75,6 +77,23 @@ typedef struct AeCallOutcome
  * nothing.  Interrupts still raise.
  */
 extern void ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out);
+
+/*
+ * Called when a call of ae_api_call_chains() has its outcome; returns the
+ * call to send next in its place (it must stay valid until the batch
+ * ends), or NULL.  Runs inside the batch: it must not send requests.
+ */
+typedef const AeCall *(*AeChainNext) (void *arg, int chain, const AeCall *call,
+									  const AeCallOutcome *outcome);
+
+/*
+ * Like ae_api_call_each(), for n chains of calls: once a call has its
+ * answer, next() may name the chain's next call, which goes out at once
+ * instead of after the whole batch (a poll's ack need not wait for the
+ * other polls).  out[i] receives chain i's last outcome.
+ */
+extern void ae_api_call_chains(const AeCall *calls, int n, int concurrency,
+							   AeChainNext next, void *arg, AeCallOutcome *out);
 
 /* Raises 22023 unless id is acceptable as a path segment. */
 extern void ae_check_id(const char *argname, const char *id);

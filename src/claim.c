@@ -7,10 +7,14 @@
  * A claim belongs to the session, not to its transaction: it is made in
  * shared memory at once and lasts until the session finishes or releases
  * the item, or ends (the keeper notices a dead pid and makes the item
- * ready again).  work_finish() is the one transactional step: it is
- * recorded per backend and takes effect at commit.  Just before commit
- * the lease is checked once more, and a lost lease raises 40001 there, so
- * the caller's results roll back with it.
+ * ready again).  work_finish() is the one transactional step: it writes
+ * the finished state into anthropic.held_work inside the caller's
+ * transaction, so the commit that keeps the results also makes the finish
+ * durable (a restart never offers the item again).  Just before commit the
+ * lease is checked once more, and a lost lease raises 40001 there, so the
+ * caller's results roll back with it; a lease that passed that check is
+ * marked finishing, and the keeper leaves its state alone until the
+ * commit or abort has been applied to shared memory.
  *
  *-------------------------------------------------------------------------
  */
@@ -127,7 +131,7 @@ try_claim(const char *environment_id, const char *consumer, AeLease *copy)
 		best->state = AE_LEASE_CLAIMED;
 		best->claimed_pid = MyProcPid;
 		best->claimed_at = GetCurrentTimestamp();
-		strlcpy(best->consumer, consumer ? consumer : "", sizeof(best->consumer));
+		ae_lease_strcpy(best->consumer, consumer ? consumer : "", sizeof(best->consumer));
 		best->dirty = true;
 		*copy = *best;
 	}
@@ -162,6 +166,13 @@ set_waiting(const char *environment_id, bool waiting)
 		strlcpy(ae_leases->waiters[free_slot].environment_id, environment_id, AE_ID_LEN);
 	}
 	LWLockRelease(ae_leases->lock);
+	/* Unregistered, the poller would never poll for this session. */
+	if (waiting && free_slot < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many sessions wait in anthropic.work_claim()"),
+				 errdetail("At most %d sessions can wait at once.", AE_MAX_WAITERS),
+				 errhint("Call work_claim() with wait => '0', or use fewer waiting sessions.")));
 }
 
 /* Hands a claim back after an error between claiming and returning it. */
@@ -254,7 +265,15 @@ ae_work_claim(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("wait must not be negative")));
 	if (!PG_ARGISNULL(2))
+	{
 		consumer = text_to_cstring(PG_GETARG_TEXT_PP(2));
+		if (strlen(consumer) >= sizeof(((AeLease *) NULL)->consumer))
+			ereport(ERROR,
+					(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+					 errmsg("consumer is too long"),
+					 errdetail("It must hold at most %d bytes.",
+							   (int) sizeof(((AeLease *) NULL)->consumer) - 1)));
+	}
 	if (!is_served(environment_id))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -334,9 +353,16 @@ finish_xact_callback(XactEvent event, void *arg)
 				AeLease		copy;
 				bool		held;
 
-				LWLockAcquire(ae_leases->lock, LW_SHARED);
+				/*
+				 * Past this check the finish counts: the keeper must not
+				 * turn the item lost or stop_requested before COMMIT is
+				 * applied below, or the committed finish would be dropped.
+				 */
+				LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 				l = ae_lease_find(pf->work_id);
 				held = held_by_me(l);
+				if (held)
+					l->finishing_pid = MyProcPid;
 				if (l)
 					copy = *l;
 				LWLockRelease(ae_leases->lock);
@@ -357,9 +383,10 @@ finish_xact_callback(XactEvent event, void *arg)
 				PendingFinish *pf = lfirst(lc);
 				AeLease    *l = ae_lease_find(pf->work_id);
 
-				if (held_by_me(l))
+				if (l && l->claimed_pid == MyProcPid && l->finishing_pid == MyProcPid)
 				{
 					l->state = AE_LEASE_FINISHED;
+					l->finishing_pid = 0;
 					l->claimed_pid = 0;
 					l->next_beat_at = 0;	/* the stop goes out at once */
 					l->done_at = GetCurrentTimestamp();
@@ -373,6 +400,16 @@ finish_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+			foreach(lc, pending_finishes)
+			{
+				PendingFinish *pf = lfirst(lc);
+				AeLease    *l = ae_lease_find(pf->work_id);
+
+				if (l && l->finishing_pid == MyProcPid)
+					l->finishing_pid = 0;
+			}
+			LWLockRelease(ae_leases->lock);
 			list_free_deep(pending_finishes);
 			pending_finishes = NIL;
 			break;
@@ -401,6 +438,25 @@ finish_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			pfree(pf);
 		}
 	}
+}
+
+/*
+ * Writes the finished state in the caller's transaction: committed, it
+ * survives any restart; rolled back, it goes with the results.
+ */
+static void
+record_finished(const char *work_id)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+
+	values[0] = CStringGetTextDatum(work_id);
+	SPI_connect();
+	if (SPI_execute_with_args("UPDATE anthropic.held_work SET state = 'finished', claimed_pid = NULL, "
+							  "done_at = now() WHERE work_id = $1",
+							  1, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update anthropic.held_work");
+	SPI_finish();
 }
 
 Datum
@@ -432,6 +488,7 @@ ae_work_finish(PG_FUNCTION_ARGS)
 	foreach(lc, pending_finishes)
 		if (strcmp(((PendingFinish *) lfirst(lc))->work_id, work_id) == 0)
 			PG_RETURN_VOID();
+	record_finished(work_id);
 	pf = MemoryContextAllocZero(TopMemoryContext, sizeof(PendingFinish));
 	strlcpy(pf->work_id, work_id, sizeof(pf->work_id));
 	pf->subid = GetCurrentSubTransactionId();

@@ -641,6 +641,8 @@ transfer_finish(AeTransfer *t, CURLcode rc)
 		t->maybe_acted = true;
 	end = rc == CURLE_OK ? AE_END_ANSWER : attempt_end(t, rc);
 	d = ae_retry_decide(t->req->retry, end, status, &hdrs, t->attempt);
+	if (t->req->no_retry)
+		d.retry = false;
 	if (d.retry)
 	{
 		if (ae_retry_may_have_acted(end, status))
@@ -797,8 +799,18 @@ transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
 					t->resp->attempts = t->attempt;
 					t->resp->transport_error = transport_error_text(t);
 					reset_easy_handle(t->easy);
+				}
+				/* A follow-up starts at once, not after the whole batch. */
+				if (keep_going && t->req->then != NULL)
+				{
+					const AeHttpRequest *next = t->req->then(t->req->then_arg, t->resp);
+
+					if (next != NULL)
+						transfer_init(t, next, t->resp, NULL);
 					continue;
 				}
+				if (r == AE_ATTEMPT_FAILED && keep_going)
+					continue;
 				if (r == AE_ATTEMPT_FAILED)
 					return -2 - (int) (t - ts);
 				if (stop_at && stop_at(t->resp->status))

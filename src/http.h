@@ -43,10 +43,21 @@ typedef struct AeHttpRequest
 	const char *worker_id;		/* anthropic-worker-id, or NULL */
 	const char *bearer_key;		/* this environment's own key, or NULL */
 	AeRetryClass retry;
+	bool		no_retry;		/* one attempt only: the caller retries */
 	int			extra_timeout_ms;	/* a long poll's block_ms */
 	/* Called once per call with its final outcome, before any raise. */
 	void		(*on_final) (void *arg, const struct AeHttpResponse *resp);
 	void	   *on_final_arg;
+
+	/*
+	 * ae_http_execute_each() only: called inside the batch once the call
+	 * has its final answer (status 0: a transport failure); returns the
+	 * request to send next in its place, whose answer then replaces this
+	 * one's in the same response, or NULL.  It must not raise, nor send a
+	 * request itself.
+	 */
+	const struct AeHttpRequest *(*then) (void *arg, struct AeHttpResponse *resp);
+	void	   *then_arg;
 } AeHttpRequest;
 
 typedef struct AeHttpResponse

@@ -11,10 +11,14 @@
  *   secret in the UNLOGGED anthropic.work_secrets) and marks it ready.
  * - The keeper beats every held item at max(1 s, min(ttl/2, 30 s)),
  *   echoing last_heartbeat verbatim, all due beats of a round at once
- *   through the libcurl multi interface (ae_api_call_each), each abandoned
- *   after one interval.  It notices dead sessions, lost leases and stop
- *   requests, sends the force stops, writes the table anthropic.held_work
- *   that a restart reads back, and sends every NOTIFY anthropic_work.
+ *   through the libcurl multi interface (ae_api_call_each).  Each attempt
+ *   is capped well below one interval and not retried within the round, so
+ *   no beat holds the others; the keeper sends a failed beat again and
+ *   reconciles the 412 that may follow its own unanswered beat.  It
+ *   notices dead sessions, lost leases and stop requests, sends the force
+ *   stops, writes the table anthropic.held_work that a restart reads back
+ *   (skipping rows a session's open work_finish() holds), and sends every
+ *   NOTIFY anthropic_work.
  *
  * They are two processes because a long poll lasts up to a second, and a
  * beat must never wait for one (nor for a sync, which has a worker of its
@@ -54,6 +58,7 @@
 #include "convert.h"
 #include "keeper.h"
 #include "leases.h"
+#include "retry.h"
 
 PGDLLEXPORT void ae_keeper_main(Datum arg);
 
@@ -64,6 +69,8 @@ PGDLLEXPORT void ae_keeper_main(Datum arg);
 #define AE_KEEPER_TICK_MS 250
 #define AE_TERMINAL_KEEP_MS (10 * 60 * 1000)
 #define AE_POLL_BACKOFF_MAX_MS 60000
+#define AE_BEAT_ATTEMPT_MIN_MS 500
+#define AE_BEAT_ATTEMPT_MAX_MS 1000
 
 typedef struct Served
 {
@@ -76,6 +83,8 @@ typedef struct Served
 
 static Served served[AE_MAX_SERVED];
 static int	nserved = 0;
+static bool told_full = false;	/* the poller logged that the table is full */
+static bool told_served = false;	/* it logged more served environments than it serves */
 
 void
 ae_keeper_register(void)
@@ -213,10 +222,16 @@ read_served(void *arg)
 
 	memcpy(old, served, sizeof(Served) * nserved);
 	if (SPI_execute("SELECT environment_id, prefetch, worker_id FROM anthropic.served_environments "
-					"ORDER BY environment_id", true, AE_MAX_SERVED) != SPI_OK_SELECT)
+					"ORDER BY environment_id", true, AE_MAX_SERVED + 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read anthropic.served_environments");
+	/* serve() refuses more; rows written around it are named once. */
+	if (SPI_processed > AE_MAX_SERVED && !told_served)
+		ereport(WARNING,
+				(errmsg("anthropic.served_environments has more than %d rows: the work poller serves only the first %d",
+						AE_MAX_SERVED, AE_MAX_SERVED)));
+	told_served = SPI_processed > AE_MAX_SERVED;
 	nserved = 0;
-	for (i = 0; i < (int) SPI_processed; i++)
+	for (i = 0; i < (int) Min(SPI_processed, AE_MAX_SERVED); i++)
 	{
 		Served	   *s = &served[nserved];
 		char	   *id = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
@@ -281,7 +296,7 @@ col_time(int row, int c)
 static void
 strlcpy_or_empty(char *dst, const char *src, size_t n)
 {
-	strlcpy(dst, src ? src : "", n);
+	ae_lease_strcpy(dst, src ? src : "", n);
 }
 
 /*
@@ -339,7 +354,7 @@ load_held(void *arg)
 		{
 			l->state = AE_LEASE_LOST;
 			l->done_at = now;
-			l->notify = true;
+			l->notify = !l->healthcheck;
 			strlcpy(l->error, "the secret was lost in a crash (it is kept only in an UNLOGGED table); the item was released",
 					sizeof(l->error));
 		}
@@ -348,7 +363,7 @@ load_held(void *arg)
 		else
 		{
 			l->state = AE_LEASE_READY;
-			l->notify = true;
+			l->notify = !l->healthcheck;
 		}
 	}
 	ae_leases->loaded = true;
@@ -362,11 +377,35 @@ typedef struct PersistWork
 {
 	AeLease    *rows;
 	int			nrows;
+	bool	   *written;		/* per row: false when its row was locked */
 	char	  **gone;
 	int			ngone;
+	bool	   *deleted;		/* per gone item: false when its row was locked */
 	char	  **notify;
 	int			nnotify;
 } PersistWork;
+
+/*
+ * Locks the held_work row of an item without waiting: 1 when locked, 0
+ * when there is no row, -1 when another transaction holds it.
+ */
+static int
+lock_row(const char *work_id)
+{
+	Oid			t[1] = {TEXTOID};
+	Datum		v[1];
+
+	v[0] = text_datum(work_id);
+	if (SPI_execute_with_args("SELECT 1 FROM anthropic.held_work WHERE work_id = $1 FOR UPDATE SKIP LOCKED",
+							  1, t, v, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock a row of anthropic.held_work");
+	if (SPI_processed == 1)
+		return 1;
+	if (SPI_execute_with_args("SELECT 1 FROM anthropic.held_work WHERE work_id = $1",
+							  1, t, v, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read anthropic.held_work");
+	return SPI_processed == 1 ? -1 : 0;
+}
 
 static void
 persist(void *arg)
@@ -409,10 +448,21 @@ persist(void *arg)
 		v[12] = TimestampTzGetDatum(l->taken_at);
 		v[13] = Int32GetDatum(l->claimed_pid);
 		n[13] = l->claimed_pid ? ' ' : 'n';
+
+		/*
+		 * A session's work_finish() writes its row inside the session's
+		 * transaction, which may stay open for long: the keeper skips a
+		 * locked row and writes it at a later flush rather than wait.  A
+		 * committed finish is never overwritten by an older state.
+		 */
+		w->written[i] = lock_row(l->work_id) >= 0;
+		if (!w->written[i])
+			continue;
 		if (SPI_execute_with_args("UPDATE anthropic.held_work SET state = $2, consumer = $3, claimed_at = $4, "
 								  "last_beat_at = $5, lease_expires_at = $6, last_heartbeat = $7, "
 								  "ttl_seconds = $8, remote_state = $9, stop_sent_at = $10, done_at = $11, "
-								  "error = $12, taken_at = $13, claimed_pid = $14 WHERE work_id = $1",
+								  "error = $12, taken_at = $13, claimed_pid = $14 "
+								  "WHERE work_id = $1 AND (state <> 'finished' OR $2 = 'finished')",
 								  14, types, v, n, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update anthropic.held_work");
 	}
@@ -422,8 +472,15 @@ persist(void *arg)
 		Datum		v[1];
 
 		v[0] = text_datum(w->gone[i]);
-		SPI_execute_with_args("DELETE FROM anthropic.work_secrets WHERE work_id = $1", 1, t, v, NULL, false, 0);
-		SPI_execute_with_args("DELETE FROM anthropic.held_work WHERE work_id = $1", 1, t, v, NULL, false, 0);
+		w->deleted[i] = lock_row(w->gone[i]) >= 0;
+		if (!w->deleted[i])
+			continue;
+		if (SPI_execute_with_args("DELETE FROM anthropic.held_work WHERE work_id = $1", 1, t, v, NULL,
+								  false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not delete from anthropic.held_work");
+		if (SPI_execute_with_args("DELETE FROM anthropic.work_secrets WHERE work_id = $1", 1, t, v, NULL,
+								  false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not delete from anthropic.work_secrets");
 	}
 	for (i = 0; i < w->nnotify; i++)
 	{
@@ -450,7 +507,9 @@ flush_leases(void)
 	int			i;
 
 	w.rows = palloc(sizeof(AeLease) * AE_MAX_LEASES);
+	w.written = palloc0(sizeof(bool) * AE_MAX_LEASES);
 	w.gone = palloc(sizeof(char *) * AE_MAX_LEASES);
+	w.deleted = palloc0(sizeof(bool) * AE_MAX_LEASES);
 	w.notify = palloc(sizeof(char *) * AE_MAX_LEASES);
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 	for (i = 0; i < AE_MAX_LEASES; i++)
@@ -464,12 +523,12 @@ flush_leases(void)
 			w.notify[w.nnotify++] = pstrdup(l->work_id);
 			l->notify = false;
 		}
+		/* The slot is freed only once its rows are deleted. */
 		if ((l->state == AE_LEASE_FINISHED || l->state == AE_LEASE_LOST) &&
 			l->claimed_pid == 0 && l->done_at != 0 && l->done_at < horizon &&
 			(l->state == AE_LEASE_LOST || l->stop_sent_at != 0))
 		{
 			w.gone[w.ngone++] = pstrdup(l->work_id);
-			l->state = AE_LEASE_FREE;
 			continue;
 		}
 		if (l->dirty)
@@ -483,16 +542,25 @@ flush_leases(void)
 		return;
 	if (!in_xact(persist, &w, "record its leases"))
 	{
-		LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
-		for (i = 0; i < w.nrows; i++)
-		{
-			AeLease    *l = ae_lease_find(w.rows[i].work_id);
-
-			if (l)
-				l->dirty = true;
-		}
-		LWLockRelease(ae_leases->lock);
+		memset(w.written, 0, sizeof(bool) * w.nrows);
+		memset(w.deleted, 0, sizeof(bool) * w.ngone);
 	}
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < w.nrows; i++)
+	{
+		AeLease    *l = ae_lease_find(w.rows[i].work_id);
+
+		if (l && !w.written[i])
+			l->dirty = true;
+	}
+	for (i = 0; i < w.ngone; i++)
+	{
+		AeLease    *l = ae_lease_find(w.gone[i]);
+
+		if (l && w.deleted[i])
+			l->state = AE_LEASE_FREE;
+	}
+	LWLockRelease(ae_leases->lock);
 }
 
 /* ----------------------------------------------------------------- keeper */
@@ -501,10 +569,11 @@ static void
 mark(AeLease *l, AeLeaseState state, const char *error)
 {
 	l->state = state;
-	l->notify = true;
+	/* Healthcheck items are the keeper's alone: never announced. */
+	l->notify = !l->healthcheck;
 	l->dirty = true;
 	if (error)
-		strlcpy(l->error, error, sizeof(l->error));
+		ae_lease_strcpy(l->error, error, sizeof(l->error));
 	if (state == AE_LEASE_LOST || state == AE_LEASE_FINISHED)
 		l->done_at = GetCurrentTimestamp();
 }
@@ -524,6 +593,7 @@ reap_dead_sessions(void)
 		if (l->claimed_pid == 0 || BackendPidGetProc(l->claimed_pid) != NULL)
 			continue;
 		l->claimed_pid = 0;
+		l->finishing_pid = 0;
 		l->dirty = true;
 		if (l->state == AE_LEASE_STOP_REQUESTED)
 			l->next_beat_at = 0;
@@ -555,48 +625,88 @@ typedef struct Act
 	char		last_heartbeat[AE_HB_LEN];
 } Act;
 
+/* A successful beat's answer (or a lost beat's, reconciled). */
+static void
+apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
+{
+	const char *hb = aej_string(answer, "last_heartbeat");
+	const char *state = aej_string(answer, "state");
+	json_t	   *ext = json_object_get(answer, "lease_extended");
+	json_t	   *ttl = json_object_get(answer, "ttl_seconds");
+	bool		extended = ext && json_is_true(ext);
+
+	if (json_is_integer(ttl) && json_integer_value(ttl) > 0 && json_integer_value(ttl) < 86400)
+		l->ttl_seconds = (int) json_integer_value(ttl);
+	strlcpy_or_empty(l->remote_state, state, sizeof(l->remote_state));
+	l->dirty = true;
+	l->beat_maybe_acted = false;
+	if (extended && hb)
+	{
+		strlcpy(l->last_heartbeat, hb, AE_HB_LEN);
+		l->last_beat_at = now;
+		l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
+		l->error[0] = '\0';
+	}
+	l->next_beat_at = TimestampTzPlusMilliseconds(now, beat_interval_ms(l->ttl_seconds));
+	/* A finish past its last check is committing: it decides. */
+	if (l->finishing_pid != 0)
+		return;
+	if (!extended || (state && (strcmp(state, "stopping") == 0 || strcmp(state, "stopped") == 0)))
+	{
+		l->next_beat_at = 0;
+		mark(l, AE_LEASE_STOP_REQUESTED,
+			 extended ? "the server asked to stop the item" : "the server did not extend the lease");
+	}
+}
+
 static void
 apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 {
+	json_t	   *answer = NULL;
+
 	if (o->error == NULL && o->answer != NULL)
 	{
-		const char *hb = aej_string(o->answer, "last_heartbeat");
-		const char *state = aej_string(o->answer, "state");
-		json_t	   *ext = json_object_get(o->answer, "lease_extended");
-		json_t	   *ttl = json_object_get(o->answer, "ttl_seconds");
-		bool		extended = ext && json_is_true(ext);
+		apply_beat_answer(l, o->answer, now);
+		return;
+	}
 
-		if (json_is_integer(ttl) && json_integer_value(ttl) > 0 && json_integer_value(ttl) < 86400)
-			l->ttl_seconds = (int) json_integer_value(ttl);
-		strlcpy_or_empty(l->remote_state, state, sizeof(l->remote_state));
-		l->dirty = true;
-		if (extended && hb)
-		{
-			strlcpy(l->last_heartbeat, hb, AE_HB_LEN);
-			l->last_beat_at = now;
-			l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
-			l->error[0] = '\0';
-		}
-		l->next_beat_at = TimestampTzPlusMilliseconds(now, beat_interval_ms(l->ttl_seconds));
-		if (!extended || (state && (strcmp(state, "stopping") == 0 || strcmp(state, "stopped") == 0)))
-		{
-			l->next_beat_at = 0;
-			mark(l, AE_LEASE_STOP_REQUESTED,
-				 extended ? "the server asked to stop the item" : "the server did not extend the lease");
-		}
+	/*
+	 * The keeper's own lost beat: an earlier attempt went unanswered, the
+	 * server may have applied it, and this one repeats it with the old
+	 * heartbeat.  Its 412 showing the lease that beat set is a success
+	 * (retry.c's rule, the same as for a retry within one call).
+	 */
+	if (o->status == 412 && l->beat_maybe_acted &&
+		ae_retry_reconcile(AE_RECONCILE_HEARTBEAT, o->status, o->failed_body,
+						   a->last_heartbeat, &answer) == AE_RECONCILED_ANSWER)
+	{
+		apply_beat_answer(l, answer, now);
 		return;
 	}
 	if (o->status == 412 || o->status == 404)
 	{
+		if (l->finishing_pid != 0)
+		{
+			l->next_beat_at = TimestampTzPlusMilliseconds(now, AE_KEEPER_TICK_MS);
+			return;
+		}
 		/* The SDK's rule: a lost lease is released, not stopped. */
 		mark(l, AE_LEASE_LOST, o->status == 412 ?
 			 "lease lost: the heartbeat's precondition failed (another worker holds the item)" :
 			 "lease lost: the server no longer knows the item");
 		return;
 	}
-	strlcpy(l->error, o->error ? o->error->message : "heartbeat failed", sizeof(l->error));
+
+	/*
+	 * No answer, or one a gateway may give after the server acted: the
+	 * next beat may meet the lease this one set.  It goes out soon; the
+	 * TTL rule decides when the lease is lost.
+	 */
+	if (o->status == 0 || ae_retry_may_have_acted(AE_END_ANSWER, o->status))
+		l->beat_maybe_acted = true;
+	ae_lease_strcpy(l->error, o->error ? o->error->message : "heartbeat failed", sizeof(l->error));
 	l->dirty = true;
-	l->next_beat_at = TimestampTzPlusMilliseconds(now, 1000);
+	l->next_beat_at = TimestampTzPlusMilliseconds(now, Min(1000, beat_interval_ms(l->ttl_seconds) / 2));
 }
 
 static void
@@ -611,7 +721,7 @@ apply_stop(AeLease *l, const AeCallOutcome *o, TimestampTz now)
 		return;
 	}
 	l->stop_failures++;
-	strlcpy(l->error, o->error->message, sizeof(l->error));
+	ae_lease_strcpy(l->error, o->error->message, sizeof(l->error));
 	l->dirty = true;
 	l->next_beat_at = TimestampTzPlusMilliseconds(now, 1000L << Min(l->stop_failures, 6));
 }
@@ -644,7 +754,7 @@ keeper_round(void)
 		{
 			case AE_LEASE_READY:
 			case AE_LEASE_CLAIMED:
-				if (l->last_beat_at != 0 &&
+				if (l->last_beat_at != 0 && l->finishing_pid == 0 &&
 					now > TimestampTzPlusMilliseconds(l->last_beat_at, (int64) l->ttl_seconds * 1000))
 				{
 					mark(l, AE_LEASE_LOST, "lease lost: no successful heartbeat for longer than the TTL");
@@ -689,6 +799,7 @@ keeper_round(void)
 	{
 		calls[i].args[0] = acts[i].environment_id;
 		calls[i].args[1] = acts[i].work_id;
+		calls[i].no_retry = true;
 		if (acts[i].kind == ACT_BEAT)
 		{
 			calls[i].endpoint = AE_WORK_HEARTBEAT;
@@ -701,12 +812,20 @@ keeper_round(void)
 			calls[i].body = "{\"force\":true}";
 		}
 	}
-	/* A beat is abandoned after one interval, retries included. */
-	SetConfigOption("anthropic.timeout_ms", psprintf("%d", Max(300, min_interval / (ae_max_retries + 1))),
+	/*
+	 * The round holds every other beat, the dead-session check and the
+	 * lost-lease check until its slowest call ends, so no call may take
+	 * long: one attempt, no retry within the call (a Retry-After would
+	 * otherwise hold the round for as long as the server likes), at most
+	 * half the shortest interval and 1 s.  A beat that fails is sent again
+	 * at a later round, well within its interval.  Times count from the
+	 * send, so a slow round delays no lease's next beat.
+	 */
+	SetConfigOption("anthropic.timeout_ms",
+					psprintf("%d", Min(AE_BEAT_ATTEMPT_MAX_MS, Max(AE_BEAT_ATTEMPT_MIN_MS, min_interval / 2))),
 					PGC_SUSET, PGC_S_SESSION);
 	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
 
-	now = GetCurrentTimestamp();
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 	for (i = 0; i < n; i++)
 	{
@@ -734,7 +853,9 @@ typedef struct Taken
 	json_t	   *item;
 	Served	   *env;
 	AeLease		lease;
-	bool		ok;
+	bool		polled;			/* a poll returned it */
+	bool		ok;				/* acked and its lease claimed */
+	TimestampTz claimed_at;		/* when the lease was claimed */
 } Taken;
 
 static void
@@ -802,6 +923,89 @@ env_failed(Served *s, ErrorData *e, const char *what)
 			 errhint("Polling this environment backs off for %ld ms; the others go on.", delay)));
 }
 
+/* The chains of one poller round. */
+typedef struct PollRound
+{
+	Served	  **envs;			/* per chain */
+	Taken	   *taken;			/* per chain */
+	AeCall	   *next;			/* per chain: its ack, then its claim */
+} PollRound;
+
+/* After each call of an environment's chain: what to send next. */
+static const AeCall *
+poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o)
+{
+	PollRound  *r = arg;
+	Served	   *s = r->envs[chain];
+	Taken	   *t = &r->taken[chain];
+	AeCall	   *next = &r->next[chain];
+	const char *hb;
+	json_t	   *ttl;
+	json_t	   *data;
+
+	switch (call->endpoint)
+	{
+		case AE_WORK_POLL:
+			if (o->error)
+			{
+				env_failed(s, o->error, "polling");
+				return NULL;
+			}
+			s->failures = 0;
+			if (o->answer == NULL)
+				return NULL;
+			data = json_object_get(o->answer, "data");
+			t->item = o->answer;
+			t->env = s;
+			strlcpy_or_empty(t->lease.work_id, aej_string(o->answer, "id"), AE_ID_LEN);
+			strlcpy(t->lease.environment_id, s->environment_id, AE_ID_LEN);
+			strlcpy_or_empty(t->lease.data_type, data ? aej_string(data, "type") : NULL,
+							 sizeof(t->lease.data_type));
+			strlcpy_or_empty(t->lease.data_id, data ? aej_string(data, "id") : NULL, AE_ID_LEN);
+			t->lease.healthcheck = strcmp(t->lease.data_type, "healthcheck") == 0;
+			if (t->lease.work_id[0] == '\0')
+				return NULL;
+			t->polled = true;
+			memset(next, 0, sizeof(AeCall));
+			next->endpoint = AE_WORK_ACK;
+			next->args[0] = t->lease.environment_id;
+			next->args[1] = t->lease.work_id;
+			return next;
+		case AE_WORK_ACK:
+			if (o->error)
+			{
+				env_failed(s, o->error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
+				return NULL;
+			}
+			/* Only an acked item gets its lease claimed. */
+			memset(next, 0, sizeof(AeCall));
+			next->endpoint = AE_WORK_HEARTBEAT;
+			next->args[0] = t->lease.environment_id;
+			next->args[1] = t->lease.work_id;
+			next->query[0].name = "expected_last_heartbeat";
+			next->query[0].value = "NO_HEARTBEAT";
+			return next;
+		case AE_WORK_HEARTBEAT:
+			hb = o->answer ? aej_string(o->answer, "last_heartbeat") : NULL;
+			ttl = o->answer ? json_object_get(o->answer, "ttl_seconds") : NULL;
+			if (o->error)
+				env_failed(s, o->error, psprintf("claiming the lease of work item \"%s\"", t->lease.work_id));
+			if (o->error || hb == NULL)
+				return NULL;
+			t->ok = true;
+			/* The lease runs from now, not from the end of the round. */
+			t->claimed_at = GetCurrentTimestamp();
+			strlcpy(t->lease.last_heartbeat, hb, AE_HB_LEN);
+			t->lease.ttl_seconds = (json_is_integer(ttl) && json_integer_value(ttl) > 0) ?
+				(int) json_integer_value(ttl) : 120;
+			strlcpy_or_empty(t->lease.remote_state, aej_string(o->answer, "state"),
+							 sizeof(t->lease.remote_state));
+			return NULL;
+		default:
+			return NULL;
+	}
+}
+
 /* One round of the poller: polls, acks, claims; returns how long to sleep. */
 static long
 poller_round(void)
@@ -814,9 +1018,14 @@ poller_round(void)
 	AeCallOutcome *out;
 	List	   *taken = NIL;
 	ListCell   *lc;
-	int			ntaken;
+	int			nfree = 0;
+	bool		full = false;
+	PollRound	r;
 
 	LWLockAcquire(ae_leases->lock, LW_SHARED);
+	for (i = 0; i < AE_MAX_LEASES; i++)
+		if (ae_leases->leases[i].state == AE_LEASE_FREE)
+			nfree++;
 	for (i = 0; i < nserved; i++)
 	{
 		Served	   *s = &served[i];
@@ -839,108 +1048,80 @@ poller_round(void)
 				ready++;
 		}
 		if (waiting > ready || ready < s->prefetch)
+		{
+			/*
+			 * Only the poller fills slots, so a poll for each free slot
+			 * never takes an item the table cannot hold: an item taken
+			 * beyond it would be acked, then left to expire.
+			 */
+			if (n >= nfree)
+			{
+				full = true;
+				break;
+			}
 			want[n++] = i;
+		}
 	}
 	LWLockRelease(ae_leases->lock);
+	full = full && nfree == 0;
+	if (full && !told_full)
+		ereport(WARNING,
+				(errmsg("anthropic_env work poller holds %d leases, the most it can: it polls again once an item is gone",
+						AE_MAX_LEASES)));
+	told_full = full;
 	if (n == 0)
-		return 1000;
+		return full ? AE_KEEPER_TICK_MS : 1000;
 
 	calls = palloc0(sizeof(AeCall) * n);
 	out = palloc0(sizeof(AeCallOutcome) * n);
+	r.envs = palloc(sizeof(Served *) * n);
+	r.taken = palloc0(sizeof(Taken) * n);
+	r.next = palloc0(sizeof(AeCall) * n);
 	for (i = 0; i < n; i++)
 	{
+		r.envs[i] = &served[want[i]];
 		calls[i].endpoint = AE_WORK_POLL;
 		calls[i].args[0] = served[want[i]].environment_id;
 		calls[i].query[0].name = "block_ms";
 		calls[i].query[0].value = "999";
 		calls[i].extra_timeout_ms = 999;
 		calls[i].worker_id = served[want[i]].worker_id;
+		/* A failed poll is not retried: the environment's backoff takes over. */
+		calls[i].no_retry = true;
 	}
-	SetConfigOption("anthropic.timeout_ms", "10000", PGC_SUSET, PGC_S_SESSION);
-	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
+
+	/*
+	 * Each environment's poll, ack and NO_HEARTBEAT claim form a chain:
+	 * the ack goes out as soon as its poll answers, not after the other
+	 * environments' long polls, and a failing environment holds only its
+	 * own chain.
+	 */
+	SetConfigOption("anthropic.timeout_ms", "2000", PGC_SUSET, PGC_S_SESSION);
+	ae_api_call_chains(calls, n, AE_MAX_CONCURRENCY, poll_chain_next, &r, out);
 	for (i = 0; i < n; i++)
-	{
-		Served	   *s = &served[want[i]];
-
-		if (out[i].error)
-			env_failed(s, out[i].error, "polling");
-		else
-		{
-			s->failures = 0;
-			if (out[i].answer)
-			{
-				Taken	   *t = palloc0(sizeof(Taken));
-				json_t	   *data = json_object_get(out[i].answer, "data");
-
-				t->item = out[i].answer;
-				t->env = s;
-				strlcpy_or_empty(t->lease.work_id, aej_string(out[i].answer, "id"), AE_ID_LEN);
-				strlcpy(t->lease.environment_id, s->environment_id, AE_ID_LEN);
-				strlcpy_or_empty(t->lease.data_type, data ? aej_string(data, "type") : NULL,
-								 sizeof(t->lease.data_type));
-				strlcpy_or_empty(t->lease.data_id, data ? aej_string(data, "id") : NULL, AE_ID_LEN);
-				t->lease.healthcheck = strcmp(t->lease.data_type, "healthcheck") == 0;
-				if (t->lease.work_id[0] != '\0')
-					taken = lappend(taken, t);
-			}
-		}
-	}
+		if (r.taken[i].polled)
+			taken = lappend(taken, &r.taken[i]);
 	if (taken == NIL)
 		return 0;
 
-	/* Ack at once, then claim the lease with NO_HEARTBEAT. */
-	ntaken = list_length(taken);
-	calls = palloc0(sizeof(AeCall) * ntaken);
-	out = palloc0(sizeof(AeCallOutcome) * ntaken);
-	i = 0;
+	/* Nothing is stored that no slot can take: its rows would stay forever. */
+	LWLockAcquire(ae_leases->lock, LW_SHARED);
+	nfree = 0;
+	for (i = 0; i < AE_MAX_LEASES; i++)
+		if (ae_leases->leases[i].state == AE_LEASE_FREE)
+			nfree++;
 	foreach(lc, taken)
 	{
 		Taken	   *t = lfirst(lc);
 
-		calls[i].endpoint = AE_WORK_ACK;
-		calls[i].args[0] = t->lease.environment_id;
-		calls[i].args[1] = t->lease.work_id;
-		i++;
-	}
-	ae_api_call_each(calls, ntaken, AE_MAX_CONCURRENCY, out);
-	i = 0;
-	foreach(lc, taken)
-	{
-		Taken	   *t = lfirst(lc);
-
-		t->ok = out[i].error == NULL;
-		if (!t->ok)
-			env_failed(t->env, out[i].error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
-		calls[i].endpoint = AE_WORK_HEARTBEAT;
-		calls[i].query[0].name = "expected_last_heartbeat";
-		calls[i].query[0].value = "NO_HEARTBEAT";
-		i++;
-	}
-	ae_api_call_each(calls, ntaken, AE_MAX_CONCURRENCY, out);
-	now = GetCurrentTimestamp();
-	i = 0;
-	foreach(lc, taken)
-	{
-		Taken	   *t = lfirst(lc);
-		const char *hb = out[i].answer ? aej_string(out[i].answer, "last_heartbeat") : NULL;
-		json_t	   *ttl = out[i].answer ? json_object_get(out[i].answer, "ttl_seconds") : NULL;
-
-		if (t->ok && (out[i].error || hb == NULL))
-		{
+		if (!t->ok || ae_lease_find(t->lease.work_id) != NULL)
+			continue;
+		if (nfree > 0)
+			nfree--;
+		else
 			t->ok = false;
-			if (out[i].error)
-				env_failed(t->env, out[i].error, psprintf("claiming the lease of work item \"%s\"", t->lease.work_id));
-		}
-		if (t->ok)
-		{
-			strlcpy(t->lease.last_heartbeat, hb, AE_HB_LEN);
-			t->lease.ttl_seconds = (json_is_integer(ttl) && json_integer_value(ttl) > 0) ?
-				(int) json_integer_value(ttl) : 120;
-			strlcpy_or_empty(t->lease.remote_state, aej_string(out[i].answer, "state"),
-							 sizeof(t->lease.remote_state));
-		}
-		i++;
 	}
+	LWLockRelease(ae_leases->lock);
 	if (!in_xact(store_taken, taken, "store the items it took"))
 		return 1000;
 
@@ -957,18 +1138,14 @@ poller_round(void)
 		if (l == NULL)
 			l = free_slot();
 		if (l == NULL)
-		{
-			ereport(WARNING,
-					(errmsg("anthropic_env work poller holds %d leases, the most it can; work item \"%s\" is left to expire",
-							AE_MAX_LEASES, t->lease.work_id)));
-			continue;
-		}
+			continue;			/* not reached: slots were counted above */
 		*l = t->lease;
 		l->state = AE_LEASE_READY;
-		l->taken_at = now;
-		l->last_beat_at = now;
-		l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
-		l->next_beat_at = TimestampTzPlusMilliseconds(now, l->healthcheck ? 0 : beat_interval_ms(l->ttl_seconds));
+		l->taken_at = t->claimed_at;
+		l->last_beat_at = t->claimed_at;
+		l->lease_expires_at = TimestampTzPlusMilliseconds(t->claimed_at, (int64) l->ttl_seconds * 1000);
+		l->next_beat_at = TimestampTzPlusMilliseconds(t->claimed_at,
+													  l->healthcheck ? 0 : beat_interval_ms(l->ttl_seconds));
 		l->dirty = true;
 		l->notify = !l->healthcheck;
 	}

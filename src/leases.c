@@ -11,6 +11,7 @@
  */
 #include "postgres.h"
 
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -69,6 +70,24 @@ ae_lease_find(const char *work_id)
 			return l;
 	}
 	return NULL;
+}
+
+void
+ae_lease_strcpy(char *dst, const char *src, size_t size)
+{
+	size_t		len;
+
+	Assert(size > 0);
+	if (src == NULL)
+	{
+		dst[0] = '\0';
+		return;
+	}
+	len = strlen(src);
+	if (len >= size)
+		len = pg_mbcliplen(src, (int) len, (int) size - 1);
+	memcpy(dst, src, len);
+	dst[len] = '\0';
 }
 
 const char *

@@ -57,6 +57,8 @@ typedef struct AeLease
 	bool		notify;			/* the keeper owes a NOTIFY */
 	bool		dirty;			/* the keeper owes a write to held_work */
 	int			stop_failures;
+	int			finishing_pid;	/* a session past its finish's last check */
+	bool		beat_maybe_acted;	/* the last beat went unanswered */
 } AeLease;
 
 typedef struct AeWaiter
@@ -87,6 +89,12 @@ extern void ae_leases_require(void);
 
 /* With the lock held: the slot of a work id, or NULL. */
 extern AeLease *ae_lease_find(const char *work_id);
+
+/*
+ * strlcpy that cuts src at a character boundary of the server encoding,
+ * so a long text never ends in half a character.
+ */
+extern void ae_lease_strcpy(char *dst, const char *src, size_t size);
 
 /* Text of a state, as the leases view shows it. */
 extern const char *ae_lease_state_name(AeLeaseState state);
