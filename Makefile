@@ -49,6 +49,11 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: an object built before a header
+# changed would keep the old layout of its structs.  Every object depends on
+# every header of src/.
+$(OBJS): $(wildcard $(dir $(firstword $(MAKEFILE_LIST)))src/*.h)
+
 # pg_buildext builds out of tree (VPATH), where the object directory does
 # not exist yet.
 ifdef VPATH
