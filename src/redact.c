@@ -101,6 +101,13 @@ static List *live_texts = NIL;
  * ---------------------------------------------------------------------
  */
 
+/* 19 no longer lets standard_conforming_strings be off. */
+#if PG_VERSION_NUM >= 190000
+#define AE_STANDARD_STRINGS true
+#else
+#define AE_STANDARD_STRINGS standard_conforming_strings
+#endif
+
 typedef enum
 {
 	TOK_WORD,					/* keyword, identifier or number */
@@ -409,7 +416,7 @@ tokenize(const char *s, int len)
 		else if (c == '\'' || c == '"')
 		{
 			/* Without standard_conforming_strings, '' takes backslashes. */
-			bool		esc = c == '\'' && !standard_conforming_strings;
+			bool		esc = c == '\'' && !AE_STANDARD_STRINGS;
 			int			close = quoted_end(s, len, i + 1, c, esc);
 
 			t->kind = c == '\'' ? TOK_STRING : TOK_QIDENT;
@@ -1224,6 +1231,22 @@ ae_emit_log_hook(ErrorData *edata)
 			edata->hide_stmt = true;
 
 			/*
+			 * A syntax error quotes the text where it failed, which need not
+			 * be a literal (a key typed after a literal closed too early).
+			 */
+			if (edata->cursorpos > 0 && edata->sqlerrcode == ERRCODE_SYNTAX_ERROR)
+			{
+				int			at_byte = pg_mbcharcliplen(stmt, f->len, edata->cursorpos - 1);
+				int			end = at_byte;
+
+				while (end < (int) f->len && !isspace((unsigned char) stmt[end]) &&
+					   !strchr("'\";,()", stmt[end]))
+					end++;
+				if (end - at_byte >= AE_MIN_STATEMENT_VALUE)
+					values = lappend(list_copy(values), pnstrdup(stmt + at_byte, end - at_byte));
+			}
+
+			/*
 			 * A message that carries the statement (log_statement,
 			 * duration, parse, bind, execute) shows it with the literals
 			 * masked; the words around it stay as translated.
@@ -1286,12 +1309,23 @@ ae_post_parse_analyze(ParseState *pstate, Query *query, AeJumbleState *jstate)
 		prev_post_parse_analyze_hook(pstate, query, jstate);
 }
 
+/*
+ * Is text the top-level statement?  Execute reports a copy of the portal's
+ * text, so the pointers differ there; a nested statement's text differs
+ * from the top-level one within its first characters.
+ */
+static bool
+is_top_level_text(const char *text)
+{
+	return text != NULL && debug_query_string != NULL &&
+		(text == debug_query_string || strcmp(text, debug_query_string) == 0);
+}
+
 /* Bind and Execute report the raw text again: look at it once more. */
 static void
 ae_executor_start(QueryDesc *queryDesc, int eflags)
 {
-	if (queryDesc->sourceText != NULL && queryDesc->sourceText == debug_query_string &&
-		queryDesc->plannedstmt->stmt_location <= 0)
+	if (queryDesc->plannedstmt->stmt_location <= 0 && is_top_level_text(queryDesc->sourceText))
 		redact_activity();
 	if (prev_executor_start_hook)
 		prev_executor_start_hook(queryDesc, eflags);
@@ -1309,8 +1343,8 @@ ae_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 	char	   *volatile live_copy = NULL;
 
 	/* The extended protocol reported the raw text again at Execute. */
-	if (context == PROCESS_UTILITY_TOPLEVEL && queryString == debug_query_string &&
-		pstmt->stmt_location <= 0)
+	if (context == PROCESS_UTILITY_TOPLEVEL && pstmt->stmt_location <= 0 &&
+		is_top_level_text(queryString))
 		redact_activity();
 
 	/* Only a hook further down (pg_stat_statements) needs a masked copy. */
