@@ -82,7 +82,7 @@
 static emit_log_hook_type prev_emit_log_hook = NULL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
-static ExecutorStart_hook_type prev_executor_start_hook = NULL;
+static ExecutorRun_hook_type prev_executor_run_hook = NULL;
 
 /* Values to mask, in TopMemoryContext, oldest first. */
 static List *secrets = NIL;
@@ -1321,17 +1321,34 @@ is_top_level_text(const char *text)
 		(text == debug_query_string || strcmp(text, debug_query_string) == 0);
 }
 
-/* Bind and Execute report the raw text again: look at it once more. */
+/*
+ * Execute reports the raw text again, after Bind has started the executor:
+ * look at it once more when the executor runs.
+ */
+#if PG_VERSION_NUM >= 180000
 static void
-ae_executor_start(QueryDesc *queryDesc, int eflags)
+ae_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count)
 {
 	if (queryDesc->plannedstmt->stmt_location <= 0 && is_top_level_text(queryDesc->sourceText))
 		redact_activity();
-	if (prev_executor_start_hook)
-		prev_executor_start_hook(queryDesc, eflags);
+	if (prev_executor_run_hook)
+		prev_executor_run_hook(queryDesc, direction, count);
 	else
-		standard_ExecutorStart(queryDesc, eflags);
+		standard_ExecutorRun(queryDesc, direction, count);
 }
+#else
+static void
+ae_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
+				bool execute_once)
+{
+	if (queryDesc->plannedstmt->stmt_location <= 0 && is_top_level_text(queryDesc->sourceText))
+		redact_activity();
+	if (prev_executor_run_hook)
+		prev_executor_run_hook(queryDesc, direction, count, execute_once);
+	else
+		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+}
+#endif
 
 static void
 ae_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -1439,8 +1456,8 @@ ae_redact_install(void)
 	ProcessUtility_hook = ae_process_utility;
 	prev_post_parse_analyze_hook = post_parse_analyze_hook;
 	post_parse_analyze_hook = ae_post_parse_analyze;
-	prev_executor_start_hook = ExecutorStart_hook;
-	ExecutorStart_hook = ae_executor_start;
+	prev_executor_run_hook = ExecutorRun_hook;
+	ExecutorRun_hook = ae_executor_run;
 	ae_key_assign_hook = note_key_value;
 	if (process_shared_preload_libraries_in_progress)
 		check_preload_order();
