@@ -30,6 +30,7 @@
 #include "storage/lwlock.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 #include "utils/wait_event.h"
@@ -92,6 +93,26 @@ raise_not_held(const char *work_id, const AeLease *l)
 			 errhint("Roll back; the server gives the item to a worker again.")));
 }
 
+/*
+ * Runs one statement on the keeper's tables with the latest snapshot, not
+ * the caller's: under REPEATABLE READ or SERIALIZABLE the caller's snapshot
+ * predates the rows the poller stored and the keeper rewrote while the
+ * caller waited or worked, so it would read no secret and its finish would
+ * fail to serialize against a beat.  These rows belong to the keeper, not to
+ * the caller's view of the data.
+ */
+static int
+spi_latest(const char *sql, int nargs, Oid *argtypes, Datum *values, bool read_only, long tcount)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\"", sql);
+	CommandCounterIncrement();
+	return SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+								read_only, false, tcount);
+}
+
 static bool
 is_served(const char *environment_id)
 {
@@ -101,8 +122,8 @@ is_served(const char *environment_id)
 
 	values[0] = CStringGetTextDatum(environment_id);
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT 1 FROM anthropic.served_environments WHERE environment_id = $1",
-							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+	if (spi_latest("SELECT 1 FROM anthropic.served_environments WHERE environment_id = $1",
+				   1, argtypes, values, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read anthropic.served_environments");
 	served = SPI_processed == 1;
 	SPI_finish();
@@ -204,11 +225,10 @@ emit_claim(ReturnSetInfo *rsinfo, const AeLease *l)
 	bool		nulls[8] = {0};
 
 	args[0] = CStringGetTextDatum(l->work_id);
-	/* Not read-only: a fresh snapshot sees the row the poller committed while we waited. */
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT h.metadata, s.secret FROM anthropic.held_work h "
-							  "LEFT JOIN anthropic.work_secrets s USING (work_id) WHERE h.work_id = $1",
-							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+	if (spi_latest("SELECT h.metadata, s.secret FROM anthropic.held_work h "
+				   "LEFT JOIN anthropic.work_secrets s USING (work_id) WHERE h.work_id = $1",
+				   1, argtypes, args, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read anthropic.held_work");
 	values[0] = CStringGetTextDatum(l->work_id);
 	values[1] = CStringGetTextDatum(l->environment_id);
@@ -452,9 +472,9 @@ record_finished(const char *work_id)
 
 	values[0] = CStringGetTextDatum(work_id);
 	SPI_connect();
-	if (SPI_execute_with_args("UPDATE anthropic.held_work SET state = 'finished', claimed_pid = NULL, "
-							  "done_at = now() WHERE work_id = $1",
-							  1, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+	if (spi_latest("UPDATE anthropic.held_work SET state = 'finished', claimed_pid = NULL, "
+				   "done_at = now() WHERE work_id = $1",
+				   1, argtypes, values, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update anthropic.held_work");
 	SPI_finish();
 }
