@@ -212,9 +212,14 @@ scalar_to_json(JsonbValue *v, bool shallow, int depth)
 				char	   *s = v->val.string.val;
 				int			len = v->val.string.len;
 
+				/*
+				 * A jsonb string has no terminating NUL, and
+				 * pg_server_to_any hands its input back unchanged in
+				 * SQL_ASCII: convert a terminated copy.
+				 */
 				if (GetDatabaseEncoding() != PG_UTF8)
 				{
-					s = pg_server_to_any(s, len, PG_UTF8);
+					s = pg_server_to_any(pnstrdup(s, len), len, PG_UTF8);
 					len = (int) strlen(s);
 				}
 				return json_stringn_nocheck(s, len);
