@@ -141,6 +141,27 @@ hexval(char c)
 	return -1;
 }
 
+/*
+ * Reads up to max digits in base (8 or 16) from s[i]; returns the index
+ * after them and sets *cp to their value.
+ */
+static int
+read_digits(const char *s, int i, int len, int max, int base, long *cp)
+{
+	int			j;
+
+	*cp = 0;
+	for (j = i; j < len && j < i + max; j++)
+	{
+		int			d = hexval(s[j]);
+
+		if (d < 0 || d >= base)
+			break;
+		*cp = *cp * base + d;
+	}
+	return j;
+}
+
 /* Appends code point cp; only ASCII matters for what we look for. */
 static void
 append_cp(StringInfo out, long cp)
@@ -171,8 +192,7 @@ decode_unicode(const char *s, int len, char esc)
 			long		cp = 0;
 			int			j;
 
-			for (j = i + 2; j < len && j < i + 8 && hexval(s[j]) >= 0; j++)
-				cp = cp * 16 + hexval(s[j]);
+			j = read_digits(s, i + 2, len, 6, 16, &cp);
 			append_cp(&out, cp);
 			i = j;
 		}
@@ -181,8 +201,7 @@ decode_unicode(const char *s, int len, char esc)
 			long		cp = 0;
 			int			j;
 
-			for (j = i + 1; j < len && j < i + 5 && hexval(s[j]) >= 0; j++)
-				cp = cp * 16 + hexval(s[j]);
+			j = read_digits(s, i + 1, len, 4, 16, &cp);
 			append_cp(&out, cp);
 			i = j;
 		}
@@ -210,8 +229,7 @@ decode_escape_string(const char *s, int len)
 
 			if (c == 'x')
 			{
-				for (j = i + 2; j < len && j < i + 4 && hexval(s[j]) >= 0; j++)
-					cp = cp * 16 + hexval(s[j]);
+				j = read_digits(s, i + 2, len, 2, 16, &cp);
 				append_cp(&out, cp);
 				i = j;
 			}
@@ -219,15 +237,13 @@ decode_escape_string(const char *s, int len)
 			{
 				int			n = c == 'u' ? 4 : 8;
 
-				for (j = i + 2; j < len && j < i + 2 + n && hexval(s[j]) >= 0; j++)
-					cp = cp * 16 + hexval(s[j]);
+				j = read_digits(s, i + 2, len, n, 16, &cp);
 				append_cp(&out, cp);
 				i = j;
 			}
 			else if (c >= '0' && c <= '7')
 			{
-				for (j = i + 1; j < len && j < i + 4 && s[j] >= '0' && s[j] <= '7'; j++)
-					cp = cp * 8 + (s[j] - '0');
+				j = read_digits(s, i + 1, len, 3, 8, &cp);
 				append_cp(&out, cp);
 				i = j;
 			}

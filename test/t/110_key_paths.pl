@@ -216,15 +216,7 @@ SELECT string_agg(coalesce(last_error, ''), ' ') FROM anthropic.sync_status;});
 			[ 'SET LOCAL in a transaction', "BEGIN; SET LOCAL anthropic.environment_key = $q; SELECT pg_sleep(1.5); COMMIT;" ])
 		{
 			$admin->query_until(qr/go/, "\\echo go\n$during->[1]\n\\echo done\n");
-			my $active = '';
-			for (1 .. 50)
-			{
-				$active = $node->safe_psql('postgres',
-					"SELECT state || '|' || query FROM pg_stat_activity WHERE pid = $pid AND wait_event = 'PgSleep'",
-					extra_params => [ '-U', 'reader' ]);
-				last if $active ne '';
-				usleep(20_000);
-			}
+			my $active = FakeApi::activity_while_sleeping($node, $pid, 'reader');
 			like($active, qr/^active\|/, "$label key, $during->[0]: caught while it runs");
 			no_keys($active, "$label key, $during->[0]: pg_stat_activity shows no key while it runs", $k);
 			$admin->query_until(qr/done/, '');

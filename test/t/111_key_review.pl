@@ -128,15 +128,7 @@ my @open_cases = (
 	{
 		my ($what, $key, $sql) = @$d;
 		$admin->query_until(qr/go/, "\\echo go\n$sql\n\\echo done\n");
-		my $active = '';
-		for (1 .. 50)
-		{
-			$active = $node->safe_psql('postgres',
-				"SELECT state || '|' || query FROM pg_stat_activity WHERE pid = $pid AND wait_event = 'PgSleep'",
-				extra_params => [ '-U', 'reader' ]);
-			last if $active ne '';
-			usleep(20_000);
-		}
+		my $active = FakeApi::activity_while_sleeping($node, $pid, 'reader');
 		like($active, qr/^active\|/, "$what: caught while it runs");
 		no_key($active, $key, "$what: pg_stat_activity shows no key while it runs");
 		$admin->query_until(qr/done/, '');

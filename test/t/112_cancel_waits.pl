@@ -189,21 +189,10 @@ sub start_call
 sub wait_for
 {
 	my ($c, $ready) = @_;
-	for (1 .. 400)
-	{
-		my $pid = $node->safe_psql('postgres',
-			"SELECT pid FROM pg_stat_activity WHERE application_name = '$c->{app}' AND wait_event_type = 'Extension'");
-		return $pid if $pid ne '' && (!$ready || $ready->());
-		usleep(25_000);
-	}
-	return '';
+	return FakeApi::wait_in_extension($node, $c->{app}, $ready);
 }
 
-sub requests_matching
-{
-	my ($re, $answered) = @_;
-	return scalar grep { $_->{path} =~ $re && (!$answered || defined $_->{status}) } @{ $fake->requests };
-}
+sub requests_matching { return $fake->requests_matching(@_); }
 
 my $next_sql = "SELECT 'next=' || name FROM anthropic.env_get('$env')";
 my $settings = 'SET anthropic.connect_timeout_ms = 60000; SET anthropic.timeout_ms = 60000';

@@ -100,6 +100,45 @@ sub clear_requests { $_[0]->call('DELETE', '/_fake/requests'); }
 sub stats { return $_[0]->call('GET', '/_fake/stats'); }
 sub bulk { return $_[0]->call('POST', '/_fake/environments/bulk', { count => $_[1], %{ $_[2] // {} } }); }
 
+# How many logged /v1 requests have a path matching $re (answered only,
+# when $answered).
+sub requests_matching
+{
+	my ($self, $re, $answered) = @_;
+	return scalar grep { $_->{path} =~ $re && (!$answered || defined $_->{status}) } @{ $self->requests };
+}
+
+# Waits until the session named $app shows the Extension wait event and
+# $ready (a sub, optional) agrees; returns its pid, or '' after 10 s.
+sub wait_in_extension
+{
+	my ($node, $app, $ready) = @_;
+	for (1 .. 400)
+	{
+		my $pid = $node->safe_psql('postgres',
+			"SELECT pid FROM pg_stat_activity WHERE application_name = '$app' AND wait_event_type = 'Extension'");
+		return $pid if $pid ne '' && (!$ready || $ready->());
+		select(undef, undef, undef, 0.025);
+	}
+	return '';
+}
+
+# "state|query" of backend $pid while it sleeps in pg_sleep, read as $role;
+# '' when it does not within 1 s.
+sub activity_while_sleeping
+{
+	my ($node, $pid, $role) = @_;
+	for (1 .. 50)
+	{
+		my $active = $node->safe_psql('postgres',
+			"SELECT state || '|' || query FROM pg_stat_activity WHERE pid = $pid AND wait_event = 'PgSleep'",
+			extra_params => [ '-U', $role ]);
+		return $active if $active ne '';
+		select(undef, undef, undef, 0.02);
+	}
+	return '';
+}
+
 sub stop
 {
 	my $self = shift;
