@@ -417,9 +417,15 @@ reconcile(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *resp, 
 	get.args[0] = call->args[0];
 	get.args[1] = call->args[1];
 	get.missing_ok = true;
+	/* The re-fetch's own parse keeps its numbers as the server wrote them. */
+	get.raw_out = call->raw_out;
 	object = ae_api_call(&get);
 	if (object == NULL || !ae_retry_state_confirms(ep->reconcile, object, call->stop_force))
+	{
+		if (call->raw_out)
+			*call->raw_out = NULL;
 		return false;
+	}
 	*answer = object;
 	return true;
 }

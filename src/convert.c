@@ -131,13 +131,96 @@ real_text(double d, char *buf, size_t len)
 	snprintf(buf, len, "%.17g", d);
 }
 
+static int
+hex4(const char *s)
+{
+	int			v = 0;
+	int			i;
+
+	for (i = 0; i < 4; i++)
+	{
+		char		c = s[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v |= c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			v |= c - 'A' + 10;
+		else
+			return -1;
+	}
+	return v;
+}
+
+/*
+ * In SQL_ASCII, jsonb_in refuses a \u escape above 007F (it cannot
+ * translate it to the server encoding) while it stores raw UTF-8 bytes as
+ * they are.  Writing such escapes as their UTF-8 bytes first makes both
+ * spellings of a character the same value, the one the server sent.  A
+ * lone surrogate is left as written, for the parser to refuse.
+ */
+static char *
+spell_escapes_as_utf8(const char *s, size_t len)
+{
+	char	   *out = palloc(len + 1);
+	char	   *o = out;
+	size_t		i = 0;
+
+	while (i < len)
+	{
+		int			cp;
+
+		if (s[i] != '\\' || i + 1 >= len)
+		{
+			*o++ = s[i++];
+			continue;
+		}
+		if (s[i + 1] != 'u' || i + 6 > len || (cp = hex4(s + i + 2)) < 0x80)
+		{
+			/* Any other escape, a backslash's included, is copied whole. */
+			*o++ = s[i++];
+			*o++ = s[i++];
+			continue;
+		}
+		if (cp >= 0xD800 && cp <= 0xDBFF)
+		{
+			int			lo = (i + 12 <= len && s[i + 6] == '\\' && s[i + 7] == 'u') ?
+				hex4(s + i + 8) : -1;
+
+			if (lo < 0xDC00 || lo > 0xDFFF)
+			{
+				*o++ = s[i++];
+				*o++ = s[i++];
+				continue;
+			}
+			cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+			i += 6;
+		}
+		else if (cp >= 0xDC00 && cp <= 0xDFFF)
+		{
+			*o++ = s[i++];
+			*o++ = s[i++];
+			continue;
+		}
+		unicode_to_utf8((pg_wchar) cp, (unsigned char *) o);
+		o += pg_utf_mblen((unsigned char *) o);
+		i += 6;
+	}
+	*o = '\0';
+	return out;
+}
+
 Jsonb *
 ae_text_to_jsonb(const char *utf8, size_t len)
 {
 	char	   *text = (char *) utf8;
 
 	CHECK_FOR_INTERRUPTS();
-	if (GetDatabaseEncoding() != PG_UTF8)
+	if (GetDatabaseEncoding() == PG_SQL_ASCII)
+		text = memchr(utf8, '\\', len) ? spell_escapes_as_utf8(utf8, len) : pnstrdup(utf8, len);
+	else if (GetDatabaseEncoding() != PG_UTF8)
 		text = pg_any_to_server(utf8, (int) len, PG_UTF8);
 	else if (utf8[len] != '\0')
 		text = pnstrdup(utf8, len);
@@ -202,6 +285,43 @@ new_object(void)
 	return json_pack("{}");
 }
 
+static Numeric
+numeric_const(const char *s)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	Numeric		n = DatumGetNumeric(OidInputFunctionCall(F_NUMERIC_IN, (char *) s,
+														 InvalidOid, -1));
+
+	MemoryContextSwitchTo(old);
+	return n;
+}
+
+/*
+ * Whether the number lies within a double's range (zero included), where
+ * its text is at most a few hundred characters longer than the server's.
+ * numeric_cmp looks at the weights first, so this costs no digits.
+ */
+static bool
+numeric_prints_short(Numeric n)
+{
+	static Numeric largest = NULL;
+	static Numeric smallest = NULL;
+	static Numeric zero = NULL;
+	Datum		a;
+
+	if (largest == NULL)
+	{
+		largest = numeric_const("1.7976931348623157e308");
+		smallest = numeric_const("1e-300");
+		zero = numeric_const("0");
+	}
+	a = OidFunctionCall1(F_NUMERIC_ABS, NumericGetDatum(n));
+	if (DatumGetInt32(OidFunctionCall2(F_NUMERIC_CMP, a, NumericGetDatum(zero))) == 0)
+		return true;
+	return DatumGetInt32(OidFunctionCall2(F_NUMERIC_CMP, a, NumericGetDatum(largest))) <= 0 &&
+		DatumGetInt32(OidFunctionCall2(F_NUMERIC_CMP, a, NumericGetDatum(smallest))) >= 0;
+}
+
 static json_t *
 scalar_to_json(JsonbValue *v, bool shallow, int depth)
 {
@@ -226,9 +346,17 @@ scalar_to_json(JsonbValue *v, bool shallow, int depth)
 			}
 		case jbvNumeric:
 			{
-				char	   *t = OidOutputFunctionCall(F_NUMERIC_OUT,
-													  NumericGetDatum(v->val.numeric));
+				char	   *t;
 				double		d;
+
+				/*
+				 * numeric_out writes every digit: 1e130000 would be 130001
+				 * characters from 8.  Beyond what a double holds the view
+				 * reads 0, as it does for what strtod cannot hold.
+				 */
+				if (!numeric_prints_short(v->val.numeric))
+					return json_real(0);
+				t = OidOutputFunctionCall(F_NUMERIC_OUT, NumericGetDatum(v->val.numeric));
 
 				if (strpbrk(t, ".eE") == NULL)
 				{

@@ -59,8 +59,20 @@ is(q1(qq{SELECT t_try('SELECT state FROM anthropic.work_stop(''$env'', ''$item''
 like(q1(qq{SELECT t_try('SELECT state FROM anthropic.work_stop(''$env'', ''$item'', true)')}),
 	qr/^err\|55000\|/, 'a stop on a stopped item without a lost attempt fails with 55000');
 
-# Archive and delete whose answers were lost.
+# Archive and delete whose answers were lost.  The archive's answer is the
+# re-fetched environment, whose raw keeps numbers as the server wrote them.
 my $e2 = q1(q{SELECT id FROM anthropic.env_create('{"name": "gone"}')});
+$fake->fault({ method => 'POST', path_regex => "/$e2/archive\$", close => JSON::PP::true,
+	after => JSON::PP::true, times => 1 });
+$fake->fault({ method => 'GET', path_regex => "/v1/environments/$e2\$", status => 200, times => 1,
+	body => qq({"type":"environment","id":"$e2","name":"gone","description":null,)
+	  . '"config":{"type":"cloud","n":123456789012345678901234567890,"r":0.1},"metadata":{},'
+	  . '"scope":"organization","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z",'
+	  . '"archived_at":"2026-01-02T00:00:00Z"}' });
+is(q1(qq{SELECT t_try('SELECT (raw->''config''->>''n'') || '' '' || (raw->''config''->>''r'') || '' '' || (config->>''n'') FROM anthropic.env_archive(''$e2'')')}),
+	'ok|123456789012345678901234567890 0.1 123456789012345678901234567890',
+	'a reconciled archive keeps integers beyond int64 in raw and config');
+$e2 = q1(q{SELECT id FROM anthropic.env_create('{"name": "gone"}')});
 $fake->fault({ method => 'POST', path_regex => "/$e2/archive\$", close => JSON::PP::true,
 	after => JSON::PP::true, times => 1 });
 is(q1(qq{SELECT t_try('SELECT archived_at IS NOT NULL FROM anthropic.env_archive(''$e2'')')}),

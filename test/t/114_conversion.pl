@@ -37,6 +37,17 @@ is($node->safe_psql('postgres', q{SELECT t_try($$SELECT (raw->'metadata')::text 
 	  . qq(, "e": $digits400, "f": 0.) . ('0' x 399) . '1}',
 	'raw keeps 0.1, 1e300, 1e400, -1e500, 1e-400 and a 400-digit integer, each as the number written');
 
+# Numbers written short but huge: each would print as 130,001 characters.
+# The jansson view (config is read whole) reads them as 0 without printing
+# them, so 20,000 of them cost no more than any other 20,000 numbers.
+my $huge = join(',', map { $_ % 2 ? '1e130000' : '-1e-16000' } 1 .. 20_000);
+$fake->fault({ method => 'GET', path_regex => '^/v1/environments/env_huge$', status => 200, times => -1,
+	body => '{"type":"environment","id":"env_huge","name":"n","description":null,'
+	  . '"config":{"type":"self_hosted","n":[' . $huge . ']},"metadata":{},"scope":"organization",'
+	  . '"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z","archived_at":null}' });
+is($node->safe_psql('postgres', q{SET statement_timeout = '5s'; SELECT t_try($$SELECT jsonb_array_length(config->'n') || ' ' || ((raw->'config'->'n'->>0)::numeric = 1e130000) || ' ' || ((config->'n'->>1)::numeric = -1e-16000) FROM anthropic.env_get('env_huge')$$)}),
+	'ok|20000 true true', '20,000 numbers like 1e130000 convert within 5 s and are kept');
+
 # 100,000 keys: strings, integers and reals.
 my $n = 100_000;
 my $meta = '{' . join(',', map {
