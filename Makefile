@@ -18,6 +18,7 @@ OBJS = \
 	src/api.o \
 	src/apijson.o \
 	src/convert.o \
+	src/jsonbuild.o \
 	src/sqlfuncs.o \
 	src/env.o \
 	src/work.o \

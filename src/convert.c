@@ -9,9 +9,10 @@
  * needed around jansson.  Allocation failures come back to jansson as NULL
  * rather than as a longjmp through its code.
  *
- * A successful answer is parsed once, by jsonb's input function: the raw
- * columns keep every number as the server wrote it (jansson keeps doubles
- * and int64 only), and the cost is jsonb_in's, linear in the text.  The
+ * A successful answer is parsed once, into the value jsonb_in would give
+ * (jsonbuild.c, which also checks for interrupts): the raw columns keep
+ * every number as the server wrote it (jansson keeps doubles and int64
+ * only), and the cost is jsonb_in's, linear in the text.  The
  * API layer's checks and the typed columns read a jansson view of that
  * jsonb made by ae_jsonb_to_json().  For a caller that keeps raw, a
  * "metadata" object of more than AE_VIEW_MAX_PAIRS members is left empty
@@ -39,6 +40,7 @@
 #include "utils/timestamp.h"
 
 #include "convert.h"
+#include "jsonbuild.h"
 
 /* Larger metadata objects are empty in a shallow jansson view. */
 #define AE_VIEW_MAX_PAIRS 256
@@ -224,7 +226,7 @@ ae_text_to_jsonb(const char *utf8, size_t len)
 		text = pg_any_to_server(utf8, (int) len, PG_UTF8);
 	else if (utf8[len] != '\0')
 		text = pnstrdup(utf8, len);
-	return DatumGetJsonbP(OidInputFunctionCall(F_JSONB_IN, text, InvalidOid, -1));
+	return ae_parse_jsonb(text, text == utf8 ? len : strlen(text));
 }
 
 /*

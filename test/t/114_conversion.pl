@@ -7,7 +7,9 @@
 #     the bound here is generous so that it never fails on 2 loaded cores);
 #   - the row is right: 100,000 keys, equal to jsonb_in's value;
 #   - a statement_timeout that fires while a 100,000-key answer is being
-#     fetched and converted ends the call within 0.5 s of the timeout.
+#     fetched and converted ends the call within 0.5 s of the timeout, and
+#     so does one during a 600,000-key object (about 8 MB, keys out of
+#     order).
 use strict;
 use warnings;
 
@@ -106,6 +108,35 @@ my ($elapsed) = $err =~ /elapsed_ms=([\d.]+)/;
 ok(defined $elapsed, "a statement_timeout of $timeout ms cancels the call") or diag $err;
 cmp_ok(($elapsed // 1e9) - $timeout, '<', 500, 'within 0.5 s of the timeout (' . (($elapsed // 0) - $timeout) . ' ms late)');
 is($r, 'next=n', 'the session works afterwards');
+
+# MB of short keys in one object, not in order (jsonb_in neither
+# checks for interrupts nor can stop its key sort): a timeout in the middle
+# of the conversion ends the call within 0.5 s.
+my $nk = 600_000;
+my $wide = '{' . join(',', map { sprintf('"k%07d":1', ($_ * 7919) % $nk) } 0 .. $nk - 1) . '}';
+$fake->fault({ method => 'GET', path_regex => '^/v1/environments/env_wide$', status => 200, times => -1,
+	body => env_text('env_wide', $wide) });
+undef $wide;
+my $wide_ms = $node->safe_psql('postgres', q{SELECT t_ms($$SELECT e.id FROM anthropic.env_get('env_wide') e$$)});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM jsonb_object_keys((SELECT metadata FROM anthropic.env_get('env_wide')))}),
+	$nk, "the metadata column has all $nk keys");
+my $wide_timeout = int($wide_ms * 0.6) + 1;
+($rc, $r, $err) = $node->psql('postgres', qq{
+SET statement_timeout = $wide_timeout;
+DO \$\$
+DECLARE
+	t0 timestamptz := clock_timestamp();
+BEGIN
+	PERFORM * FROM anthropic.env_get('env_wide');
+	RAISE NOTICE 'returned';
+EXCEPTION WHEN query_canceled THEN
+	RAISE NOTICE 'elapsed_ms=%', extract(epoch FROM clock_timestamp() - t0) * 1000;
+END \$\$;
+});
+($elapsed) = $err =~ /elapsed_ms=([\d.]+)/;
+diag("$nk keys: the call takes $wide_ms ms; timeout $wide_timeout ms");
+ok(defined $elapsed, "a statement_timeout of $wide_timeout ms cancels a $nk-key conversion") or diag $err;
+cmp_ok(($elapsed // 1e9) - $wide_timeout, '<', 500, 'within 0.5 s of the timeout (' . (($elapsed // 0) - $wide_timeout) . ' ms late)');
 
 $node->stop;
 done_testing();
