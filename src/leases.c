@@ -11,13 +11,18 @@
  */
 #include "postgres.h"
 
-#include "commands/dbcommands.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+/* get_database_name() moved from dbcommands.h to lsyscache.h in 19. */
+#if PG_VERSION_NUM >= 190000
+#include "utils/lsyscache.h"
+#else
+#include "commands/dbcommands.h"
+#endif
 
 #include "anthropic_env.h"
 #include "leases.h"
