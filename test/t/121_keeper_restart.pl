@@ -130,6 +130,8 @@ is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w5'", 'ready
 ok(wait_for(sub { grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w5\E/heartbeat$}) }, 6),
 	'and its beats succeed again');
 is(lease($w5), 'ready', 'not lost');
+my @b5 = reqs_for(qr{/work/\Q$w5\E/heartbeat$});
+is($b5[0]{status} // 0, 412, 'its first beat met the lease the in-flight beat set (412), taken as success');
 $fake->clear_faults;
 is(lease($w1), 'ready', 'the first item is still held too');
 
