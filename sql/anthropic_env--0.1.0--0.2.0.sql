@@ -202,10 +202,15 @@ CREATE TABLE anthropic.held_work (
 	stop_sent_at timestamptz,
 	done_at timestamptz,
 	error text,
-	healthcheck boolean NOT NULL DEFAULT false
+	healthcheck boolean NOT NULL DEFAULT false,
+	beat_unanswered boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE anthropic.held_work IS
 	'Internal: the lease keeper''s record of the items it holds, read back after a restart; read anthropic.leases instead';
+COMMENT ON COLUMN anthropic.held_work.last_heartbeat IS
+	'The lease''s last heartbeat, echoed verbatim; NULL while the NO_HEARTBEAT claim after the ack is not confirmed (the keeper sends it again)';
+COMMENT ON COLUMN anthropic.held_work.beat_unanswered IS
+	'The last beat or claim went unanswered and may have been applied: the next beat''s 412 showing the lease it set is its success';
 
 -- UNLOGGED: in no WAL, no base backup, no standby; not in pg_dump (no
 -- config_dump); crash recovery empties it, and the keeper then releases
@@ -231,12 +236,33 @@ CREATE TYPE anthropic.claimed_work AS (
 COMMENT ON TYPE anthropic.claimed_work IS
 	'A work item claimed by this session with anthropic.work_claim, with its secret';
 
+-- The lease table is cluster-wide, the keeper's tables (and the secrets)
+-- are in anthropic.sync_database only: elsewhere an item would be handed
+-- out without its secret, so the keeper's functions refuse to run there.
+CREATE FUNCTION anthropic._require_keeper_database()
+RETURNS void
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF current_setting('anthropic.sync_database', true) IS DISTINCT FROM current_database() THEN
+		RAISE EXCEPTION 'the anthropic_env lease keeper does not run in database "%"', current_database()
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('anthropic.sync_database is "%s".', coalesce(current_setting('anthropic.sync_database', true), '')),
+				  HINT = 'Call the keeper''s functions in the database named by anthropic.sync_database.';
+	END IF;
+END;
+$$;
+COMMENT ON FUNCTION anthropic._require_keeper_database() IS
+	'Internal: raises 55000 unless this is the database of anthropic.sync_database, where the lease keeper runs';
+
 CREATE FUNCTION anthropic.serve(environment_id text, prefetch integer DEFAULT 0, worker_id text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM anthropic._require_keeper_database();
 	IF environment_id IS NULL OR environment_id = '' OR environment_id ~ '[/?#[:cntrl:]]'
 		OR environment_id IN ('.', '..') OR environment_id LIKE ';%' THEN
 		RAISE EXCEPTION 'invalid environment_id' USING ERRCODE = 'invalid_parameter_value';
@@ -269,11 +295,12 @@ RETURNS boolean
 LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+	SELECT anthropic._require_keeper_database();
 	WITH d AS (DELETE FROM anthropic.served_environments s WHERE s.environment_id = unserve.environment_id RETURNING 1)
 	SELECT count(*) > 0 FROM d;
 $$;
 COMMENT ON FUNCTION anthropic.unserve(text) IS
-	'Stops polling the environment; items already held keep their leases until finished';
+	'Stops polling the environment; within about a second its ready items are released (shown lost, no longer beaten), claimed ones are beaten until their session finishes or lets them go';
 
 CREATE FUNCTION anthropic.work_claim(environment_id text, wait interval DEFAULT '0', consumer text DEFAULT NULL)
 RETURNS SETOF anthropic.claimed_work
@@ -322,5 +349,6 @@ COMMENT ON VIEW anthropic.leases IS
 
 REVOKE ALL ON FUNCTION anthropic.serve(text, integer, text), anthropic.unserve(text),
 	anthropic.work_claim(text, interval, text), anthropic.work_finish(text),
-	anthropic.work_release(text), anthropic.work_should_stop(text), anthropic._leases()
+	anthropic.work_release(text), anthropic.work_should_stop(text), anthropic._leases(),
+	anthropic._require_keeper_database()
 	FROM PUBLIC;

@@ -142,7 +142,8 @@ try_claim(const char *environment_id, const char *consumer, AeLease *copy)
 	{
 		AeLease    *l = &ae_leases->leases[i];
 
-		if (l->state == AE_LEASE_READY && !l->healthcheck &&
+		/* No heartbeat yet: its NO_HEARTBEAT claim is not confirmed. */
+		if (l->state == AE_LEASE_READY && !l->healthcheck && l->last_heartbeat[0] != '\0' &&
 			strcmp(l->environment_id, environment_id) == 0 &&
 			(best == NULL || l->taken_at < best->taken_at))
 			best = l;

@@ -86,6 +86,14 @@ static int	nserved = 0;
 static bool told_full = false;	/* the poller logged that the table is full */
 static bool told_served = false;	/* it logged more served environments than it serves */
 
+/*
+ * The keeper's beats in flight, so that a SIGTERM meeting them records them
+ * as unanswered on the way out: the server may apply them after we are gone.
+ */
+static struct Act *inflight = NULL;
+static int	ninflight = 0;
+static bool claims_confirmed = false;	/* a round confirmed a NO_HEARTBEAT claim */
+
 void
 ae_keeper_register(void)
 {
@@ -314,7 +322,7 @@ load_held(void *arg)
 	if (SPI_execute("SELECT h.work_id, h.environment_id, h.data_type, h.data_id, h.state, h.consumer, "
 					"h.taken_at, h.last_beat_at, h.lease_expires_at, h.last_heartbeat, h.ttl_seconds, "
 					"h.remote_state, h.stop_sent_at, h.done_at, h.error, h.healthcheck, "
-					"s.work_id IS NOT NULL "
+					"s.work_id IS NOT NULL, h.beat_unanswered "
 					"FROM anthropic.held_work h LEFT JOIN anthropic.work_secrets s USING (work_id) "
 					"ORDER BY h.taken_at", false, AE_MAX_LEASES) != SPI_OK_SELECT)
 		elog(ERROR, "could not read anthropic.held_work");
@@ -346,6 +354,15 @@ load_held(void *arg)
 		l->next_beat_at = now;
 		l->dirty = true;
 
+		/*
+		 * A beat that went unanswered before the restart may have been
+		 * applied, and so may a NO_HEARTBEAT claim that was never confirmed
+		 * (no stored heartbeat): the next beat's 412 showing the lease that
+		 * attempt set is its success, not a lost lease.
+		 */
+		l->beat_maybe_acted = (col(i, 18) && strcmp(col(i, 18), "t") == 0) ||
+			l->last_heartbeat[0] == '\0';
+
 		if (strcmp(state, "finished") == 0)
 			l->state = AE_LEASE_FINISHED;
 		else if (strcmp(state, "lost") == 0)
@@ -363,7 +380,8 @@ load_held(void *arg)
 		else
 		{
 			l->state = AE_LEASE_READY;
-			l->notify = !l->healthcheck;
+			/* An unconfirmed claim is announced once its beat succeeds. */
+			l->notify = !l->healthcheck && l->last_heartbeat[0] != '\0';
 		}
 	}
 	ae_leases->loaded = true;
@@ -411,19 +429,19 @@ static void
 persist(void *arg)
 {
 	PersistWork *w = arg;
-	Oid			types[14] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	Oid			types[15] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 		TIMESTAMPTZOID, TEXTOID, INT4OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
-	TIMESTAMPTZOID, INT4OID};
+	TIMESTAMPTZOID, INT4OID, BOOLOID};
 	int			i;
 
 	for (i = 0; i < w->nrows; i++)
 	{
 		AeLease    *l = &w->rows[i];
-		Datum		v[14];
-		char		n[14];
+		Datum		v[15];
+		char		n[15];
 		int			k;
 
-		for (k = 0; k < 14; k++)
+		for (k = 0; k < 15; k++)
 			n[k] = ' ';
 		v[0] = text_datum(l->work_id);
 		v[1] = text_datum(ae_lease_state_name(l->state));
@@ -436,6 +454,7 @@ persist(void *arg)
 		v[5] = TimestampTzGetDatum(l->lease_expires_at);
 		n[5] = l->lease_expires_at ? ' ' : 'n';
 		v[6] = text_datum(l->last_heartbeat);
+		n[6] = l->last_heartbeat[0] ? ' ' : 'n';
 		v[7] = Int32GetDatum(l->ttl_seconds);
 		v[8] = text_datum(l->remote_state);
 		n[8] = l->remote_state[0] ? ' ' : 'n';
@@ -448,6 +467,7 @@ persist(void *arg)
 		v[12] = TimestampTzGetDatum(l->taken_at);
 		v[13] = Int32GetDatum(l->claimed_pid);
 		n[13] = l->claimed_pid ? ' ' : 'n';
+		v[14] = BoolGetDatum(l->beat_maybe_acted);
 
 		/*
 		 * A session's work_finish() writes its row inside the session's
@@ -461,9 +481,9 @@ persist(void *arg)
 		if (SPI_execute_with_args("UPDATE anthropic.held_work SET state = $2, consumer = $3, claimed_at = $4, "
 								  "last_beat_at = $5, lease_expires_at = $6, last_heartbeat = $7, "
 								  "ttl_seconds = $8, remote_state = $9, stop_sent_at = $10, done_at = $11, "
-								  "error = $12, taken_at = $13, claimed_pid = $14 "
+								  "error = $12, taken_at = $13, claimed_pid = $14, beat_unanswered = $15 "
 								  "WHERE work_id = $1 AND (state <> 'finished' OR $2 = 'finished')",
-								  14, types, v, n, false, 0) != SPI_OK_UPDATE)
+								  15, types, v, n, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update anthropic.held_work");
 	}
 	for (i = 0; i < w->ngone; i++)
@@ -617,13 +637,14 @@ typedef enum ActKind
 	ACT_STOP
 } ActKind;
 
-typedef struct Act
+struct Act
 {
 	ActKind		kind;
 	char		work_id[AE_ID_LEN];
 	char		environment_id[AE_ID_LEN];
 	char		last_heartbeat[AE_HB_LEN];
-} Act;
+};
+typedef struct Act Act;
 
 /* A successful beat's answer (or a lost beat's, reconciled). */
 static void
@@ -634,6 +655,7 @@ apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
 	json_t	   *ext = json_object_get(answer, "lease_extended");
 	json_t	   *ttl = json_object_get(answer, "ttl_seconds");
 	bool		extended = ext && json_is_true(ext);
+	bool		unconfirmed = l->last_heartbeat[0] == '\0';
 
 	if (json_is_integer(ttl) && json_integer_value(ttl) > 0 && json_integer_value(ttl) < 86400)
 		l->ttl_seconds = (int) json_integer_value(ttl);
@@ -646,6 +668,12 @@ apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
 		l->last_beat_at = now;
 		l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
 		l->error[0] = '\0';
+		/* A claim confirmed only now: sessions may take the item from here on. */
+		if (unconfirmed && !l->healthcheck)
+		{
+			l->notify = true;
+			claims_confirmed = true;
+		}
 	}
 	l->next_beat_at = TimestampTzPlusMilliseconds(now, beat_interval_ms(l->ttl_seconds));
 	/* A finish past its last check is committing: it decides. */
@@ -780,7 +808,9 @@ keeper_round(void)
 			acts[n].kind = beat ? ACT_BEAT : ACT_STOP;
 			strlcpy(acts[n].work_id, l->work_id, AE_ID_LEN);
 			strlcpy(acts[n].environment_id, l->environment_id, AE_ID_LEN);
-			strlcpy(acts[n].last_heartbeat, l->last_heartbeat, AE_HB_LEN);
+			/* An unconfirmed claim is sent again as the claim it was. */
+			strlcpy(acts[n].last_heartbeat, l->last_heartbeat[0] ? l->last_heartbeat : "NO_HEARTBEAT",
+					AE_HB_LEN);
 			if (beat)
 				min_interval = Min(min_interval, beat_interval_ms(l->ttl_seconds));
 			n++;
@@ -824,8 +854,13 @@ keeper_round(void)
 	SetConfigOption("anthropic.timeout_ms",
 					psprintf("%d", Min(AE_BEAT_ATTEMPT_MAX_MS, Max(AE_BEAT_ATTEMPT_MIN_MS, min_interval / 2))),
 					PGC_SUSET, PGC_S_SESSION);
+	inflight = acts;
+	ninflight = n;
 	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
+	ninflight = 0;
+	inflight = NULL;
 
+	claims_confirmed = false;
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 	for (i = 0; i < n; i++)
 	{
@@ -843,7 +878,73 @@ keeper_round(void)
 			apply_stop(l, &out[i], now);
 	}
 	LWLockRelease(ae_leases->lock);
+	if (claims_confirmed)
+		ConditionVariableBroadcast(&ae_leases->ready_cv);
 	return 0;
+}
+
+/* --------------------------------------------------------- on the way out */
+
+static void
+write_unanswered(void *arg)
+{
+	List	   *ids = arg;
+	ListCell   *lc;
+
+	foreach(lc, ids)
+	{
+		Oid			t[1] = {TEXTOID};
+		Datum		v[1];
+
+		/* A row a session's open work_finish() holds is left alone. */
+		if (lock_row(lfirst(lc)) != 1)
+			continue;
+		v[0] = text_datum(lfirst(lc));
+		if (SPI_execute_with_args("UPDATE anthropic.held_work SET beat_unanswered = true WHERE work_id = $1",
+								  1, t, v, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update anthropic.held_work");
+	}
+}
+
+/*
+ * SIGTERM ends the keeper at once, possibly while beats are in flight that
+ * the server applies after we are gone, or before a failed beat was
+ * flushed.  A clean restart must not read that as another worker's beat:
+ * every such lease is recorded as beat_unanswered, so that load_held()
+ * reconciles the 412 its next beat meets.  Runs before ShutdownPostgres,
+ * outside any transaction of ours (an interrupted one is aborted first).
+ */
+static void
+keeper_exit(int code, Datum arg)
+{
+	List	   *ids = NIL;
+	int			i;
+
+	if (ae_leases == NULL || !ae_leases->loaded)
+		return;
+	LWLockReleaseAll();
+	AbortOutOfAnyTransaction();
+	MemoryContextSwitchTo(TopMemoryContext);
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < ninflight; i++)
+	{
+		AeLease    *l = ae_lease_find(inflight[i].work_id);
+
+		if (l && inflight[i].kind == ACT_BEAT &&
+			(l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
+			l->beat_maybe_acted = true;
+	}
+	for (i = 0; i < AE_MAX_LEASES; i++)
+	{
+		AeLease    *l = &ae_leases->leases[i];
+
+		if ((l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED) && l->beat_maybe_acted)
+			ids = lappend(ids, pstrdup(l->work_id));
+	}
+	LWLockRelease(ae_leases->lock);
+	ninflight = 0;
+	if (ids != NIL)
+		(void) in_xact(write_unanswered, ids, "record its unanswered beats");
 }
 
 /* ----------------------------------------------------------------- poller */
@@ -854,56 +955,96 @@ typedef struct Taken
 	Served	   *env;
 	AeLease		lease;
 	bool		polled;			/* a poll returned it */
+	bool		stored;			/* acked, and its row and secret stored */
 	bool		ok;				/* acked and its lease claimed */
+	bool		pending;		/* acked, the claim's answer lost: it may hold */
 	TimestampTz claimed_at;		/* when the lease was claimed */
 } Taken;
 
+/*
+ * Writes an item's row and secret: at the ack with no heartbeat (the claim
+ * is not confirmed yet), after the claim with its heartbeat.
+ */
+static void
+store_one(Taken *t, bool claimed)
+{
+	Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, BOOLOID};
+	Datum		v[7];
+	char		n[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	json_t	   *md = json_object_get(t->item, "metadata");
+	const char *secret = aej_string(t->item, "secret");
+
+	v[0] = text_datum(t->lease.work_id);
+	v[1] = text_datum(t->lease.environment_id);
+	v[2] = text_datum(t->lease.data_type);
+	v[3] = text_datum(t->lease.data_id);
+	if (md && json_is_object(md))
+		v[4] = PointerGetDatum(ae_json_to_jsonb(md));
+	else
+		n[4] = 'n';
+	v[5] = text_datum(t->lease.last_heartbeat);
+	n[5] = claimed ? ' ' : 'n';
+	v[6] = BoolGetDatum(t->lease.healthcheck);
+	if (SPI_execute_with_args("INSERT INTO anthropic.held_work (work_id, environment_id, data_type, data_id, "
+							  "metadata, state, last_heartbeat, ttl_seconds, taken_at, last_beat_at, "
+							  "lease_expires_at, healthcheck, beat_unanswered) VALUES ($1, $2, $3, $4, $5, "
+							  "'ready', $6, 120, now(), now(), now(), $7, $6 IS NULL) ON CONFLICT (work_id) "
+							  "DO UPDATE SET state = 'ready', last_heartbeat = EXCLUDED.last_heartbeat, "
+							  "beat_unanswered = EXCLUDED.beat_unanswered, "
+							  "taken_at = now(), done_at = NULL, stop_sent_at = NULL, error = NULL",
+							  7, types, v, n, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into anthropic.held_work");
+	if (secret)
+	{
+		Oid			st[2] = {TEXTOID, TEXTOID};
+		Datum		sv[2];
+
+		sv[0] = text_datum(t->lease.work_id);
+		sv[1] = text_datum(secret);
+		if (SPI_execute_with_args("INSERT INTO anthropic.work_secrets (work_id, secret) VALUES ($1, $2) "
+								  "ON CONFLICT (work_id) DO UPDATE SET secret = EXCLUDED.secret",
+								  2, st, sv, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into anthropic.work_secrets");
+	}
+}
+
+/*
+ * Stored right after the ack, before the NO_HEARTBEAT claim: a shutdown
+ * while the claim is in flight then leaves a row that a restart reads back
+ * and claims again, instead of an acked item nobody knows of.
+ */
+static void
+store_acked(void *arg)
+{
+	store_one((Taken *) arg, false);
+}
+
+/* After the round: claimed items get their heartbeat, dropped ones go. */
 static void
 store_taken(void *arg)
 {
 	List	   *taken = arg;
 	ListCell   *lc;
-	Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, BOOLOID};
 
 	foreach(lc, taken)
 	{
 		Taken	   *t = lfirst(lc);
-		Datum		v[7];
-		char		n[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-		json_t	   *md = json_object_get(t->item, "metadata");
-		const char *secret = aej_string(t->item, "secret");
 
-		if (!t->ok)
-			continue;
-		v[0] = text_datum(t->lease.work_id);
-		v[1] = text_datum(t->lease.environment_id);
-		v[2] = text_datum(t->lease.data_type);
-		v[3] = text_datum(t->lease.data_id);
-		if (md && json_is_object(md))
-			v[4] = PointerGetDatum(ae_json_to_jsonb(md));
-		else
-			n[4] = 'n';
-		v[5] = text_datum(t->lease.last_heartbeat);
-		v[6] = BoolGetDatum(t->lease.healthcheck);
-		if (SPI_execute_with_args("INSERT INTO anthropic.held_work (work_id, environment_id, data_type, data_id, "
-								  "metadata, state, last_heartbeat, ttl_seconds, taken_at, last_beat_at, "
-								  "lease_expires_at, healthcheck) VALUES ($1, $2, $3, $4, $5, 'ready', $6, "
-								  "120, now(), now(), now(), $7) ON CONFLICT (work_id) DO UPDATE SET "
-								  "state = 'ready', last_heartbeat = EXCLUDED.last_heartbeat, "
-								  "taken_at = now(), done_at = NULL, stop_sent_at = NULL, error = NULL",
-								  7, types, v, n, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not insert into anthropic.held_work");
-		if (secret)
+		if (t->ok)
+			store_one(t, true);
+		else if (t->stored && !t->pending)
 		{
-			Oid			st[2] = {TEXTOID, TEXTOID};
-			Datum		sv[2];
+			Oid			tt[1] = {TEXTOID};
+			Datum		v[1];
 
-			sv[0] = text_datum(t->lease.work_id);
-			sv[1] = text_datum(secret);
-			if (SPI_execute_with_args("INSERT INTO anthropic.work_secrets (work_id, secret) VALUES ($1, $2) "
-									  "ON CONFLICT (work_id) DO UPDATE SET secret = EXCLUDED.secret",
-									  2, st, sv, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not insert into anthropic.work_secrets");
+			/* Its claim surely failed: nothing holds it. */
+			v[0] = text_datum(t->lease.work_id);
+			if (SPI_execute_with_args("DELETE FROM anthropic.held_work WHERE work_id = $1 AND last_heartbeat IS NULL",
+									  1, tt, v, NULL, false, 0) != SPI_OK_DELETE ||
+				SPI_execute_with_args("DELETE FROM anthropic.work_secrets s WHERE s.work_id = $1 AND NOT EXISTS "
+									  "(SELECT 1 FROM anthropic.held_work h WHERE h.work_id = s.work_id)",
+									  1, tt, v, NULL, false, 0) != SPI_OK_DELETE)
+				elog(ERROR, "could not delete from anthropic.held_work");
 		}
 	}
 }
@@ -977,7 +1118,10 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 				env_failed(s, o->error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
 				return NULL;
 			}
-			/* Only an acked item gets its lease claimed. */
+			/* Only an acked item gets its lease claimed, and only once stored. */
+			t->stored = in_xact(store_acked, t, psprintf("store the acked work item \"%s\"", t->lease.work_id));
+			if (!t->stored)
+				return NULL;
 			memset(next, 0, sizeof(AeCall));
 			next->endpoint = AE_WORK_HEARTBEAT;
 			next->args[0] = t->lease.environment_id;
@@ -989,7 +1133,11 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			hb = o->answer ? aej_string(o->answer, "last_heartbeat") : NULL;
 			ttl = o->answer ? json_object_get(o->answer, "ttl_seconds") : NULL;
 			if (o->error)
+			{
 				env_failed(s, o->error, psprintf("claiming the lease of work item \"%s\"", t->lease.work_id));
+				/* The server may have applied it: the keeper claims it again. */
+				t->pending = o->status == 0 || ae_retry_may_have_acted(AE_END_ANSWER, o->status);
+			}
 			if (o->error || hb == NULL)
 				return NULL;
 			t->ok = true;
@@ -1004,6 +1152,83 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 		default:
 			return NULL;
 	}
+}
+
+/*
+ * After the poller alone restarted: rows it stored at an ack whose claim
+ * was in flight when it went are held again (a server restart's
+ * load_held() has read them already), their claim sent again by the keeper.
+ */
+static void
+adopt_unconfirmed(void *arg)
+{
+	int			i;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (SPI_execute("SELECT h.work_id, h.environment_id, h.data_type, h.data_id, h.healthcheck "
+					"FROM anthropic.held_work h JOIN anthropic.work_secrets s USING (work_id) "
+					"WHERE h.last_heartbeat IS NULL AND h.state = 'ready'", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read anthropic.held_work");
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < (int) SPI_processed; i++)
+	{
+		AeLease    *l;
+
+		if (ae_lease_find(col(i, 1)) != NULL || (l = free_slot()) == NULL)
+			continue;
+		memset(l, 0, sizeof(*l));
+		strlcpy(l->work_id, col(i, 1), AE_ID_LEN);
+		strlcpy(l->environment_id, col(i, 2), AE_ID_LEN);
+		strlcpy_or_empty(l->data_type, col(i, 3), sizeof(l->data_type));
+		strlcpy_or_empty(l->data_id, col(i, 4), AE_ID_LEN);
+		l->healthcheck = col(i, 5) && strcmp(col(i, 5), "t") == 0;
+		l->ttl_seconds = 120;
+		l->taken_at = l->last_beat_at = l->next_beat_at = now;
+		l->beat_maybe_acted = true;
+		l->state = AE_LEASE_READY;
+		l->dirty = true;
+	}
+	LWLockRelease(ae_leases->lock);
+	ae_leases_wake_keeper();
+}
+
+/*
+ * After unserve(): the environment's ready items are released the way the
+ * SDK lets go of the items of a queue it shuts down, by no longer beating
+ * them (shown lost; the server hands them to another worker once the lease
+ * runs out).  A claimed item keeps its beats until its session finishes it
+ * or lets it go, and is released then.
+ */
+static void
+release_unserved(void)
+{
+	int			i;
+	bool		any = false;
+
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < AE_MAX_LEASES; i++)
+	{
+		AeLease    *l = &ae_leases->leases[i];
+		bool		is_served = false;
+		int			j;
+
+		if (l->state != AE_LEASE_READY || l->claimed_pid != 0 || l->healthcheck)
+			continue;
+		for (j = 0; j < nserved && !is_served; j++)
+			is_served = strcmp(served[j].environment_id, l->environment_id) == 0;
+		if (is_served)
+			continue;
+		l->state = AE_LEASE_LOST;
+		l->notify = true;
+		l->dirty = true;
+		l->done_at = GetCurrentTimestamp();
+		ae_lease_strcpy(l->error, "released: the environment is no longer served (anthropic.unserve)",
+						sizeof(l->error));
+		any = true;
+	}
+	LWLockRelease(ae_leases->lock);
+	if (any)
+		ae_leases_wake_keeper();
 }
 
 /* One round of the poller: polls, acks, claims; returns how long to sleep. */
@@ -1114,12 +1339,12 @@ poller_round(void)
 	{
 		Taken	   *t = lfirst(lc);
 
-		if (!t->ok || ae_lease_find(t->lease.work_id) != NULL)
+		if (!(t->ok || t->pending) || ae_lease_find(t->lease.work_id) != NULL)
 			continue;
 		if (nfree > 0)
 			nfree--;
 		else
-			t->ok = false;
+			t->ok = t->pending = false;
 	}
 	LWLockRelease(ae_leases->lock);
 	if (!in_xact(store_taken, taken, "store the items it took"))
@@ -1132,7 +1357,7 @@ poller_round(void)
 		Taken	   *t = lfirst(lc);
 		AeLease    *l;
 
-		if (!t->ok)
+		if (!(t->ok || t->pending))
 			continue;
 		l = ae_lease_find(t->lease.work_id);
 		if (l == NULL)
@@ -1140,6 +1365,26 @@ poller_round(void)
 		if (l == NULL)
 			continue;			/* not reached: slots were counted above */
 		*l = t->lease;
+		if (t->pending)
+		{
+			/*
+			 * Held with no heartbeat: no session can claim it until the
+			 * keeper's NO_HEARTBEAT claim, sent again at once, succeeds or
+			 * meets the lease the lost one set.
+			 */
+			TimestampTz now2 = GetCurrentTimestamp();
+
+			l->state = AE_LEASE_READY;
+			l->last_heartbeat[0] = '\0';
+			l->ttl_seconds = 120;
+			l->taken_at = now2;
+			l->last_beat_at = now2;
+			l->lease_expires_at = 0;
+			l->next_beat_at = now2;
+			l->beat_maybe_acted = true;
+			l->dirty = true;
+			continue;
+		}
 		l->state = AE_LEASE_READY;
 		l->taken_at = t->claimed_at;
 		l->last_beat_at = t->claimed_at;
@@ -1165,6 +1410,7 @@ ae_keeper_main(Datum arg)
 	TimestampTz next_read = 0;
 	bool		present = false;
 	bool		told = false;
+	bool		adopted = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -1182,6 +1428,8 @@ ae_keeper_main(Datum arg)
 		ae_leases->poller_procno = my_procno();
 	LWLockRelease(ae_leases->lock);
 	before_shmem_exit(detach, Int32GetDatum(role));
+	if (role == ROLE_KEEPER)
+		before_shmem_exit(keeper_exit, (Datum) 0);
 
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "anthropic_env keeper round",
 									  ALLOCSET_DEFAULT_SIZES);
@@ -1234,9 +1482,13 @@ ae_keeper_main(Datum arg)
 				sleep_ms = 100;
 				goto wait;
 			}
+			if (!adopted)
+				adopted = in_xact(adopt_unconfirmed, NULL, "read back its unconfirmed claims");
 			if (now >= next_read)
 			{
-				(void) in_xact(read_served, NULL, "read anthropic.served_environments");
+				/* Beyond the rows it serves, it cannot tell what is unserved. */
+				if (in_xact(read_served, NULL, "read anthropic.served_environments") && !told_served)
+					release_unserved();
 				next_read = TimestampTzPlusMilliseconds(now, 1000);
 			}
 			sleep_ms = poller_round();

@@ -17,7 +17,14 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+/* get_database_name() moved from dbcommands.h to lsyscache.h in 19. */
+#if PG_VERSION_NUM >= 190000
+#include "utils/lsyscache.h"
+#else
+#include "commands/dbcommands.h"
+#endif
 
+#include "anthropic_env.h"
 #include "leases.h"
 
 AeLeaseTable *ae_leases = NULL;
@@ -55,6 +62,21 @@ ae_leases_require(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the anthropic_env lease keeper is not available"),
 				 errhint("Add anthropic_env to shared_preload_libraries and set anthropic.sync_database.")));
+
+	/*
+	 * The lease table is cluster-wide but the keeper's tables, the secrets
+	 * among them, live in one database only: a claim made elsewhere would
+	 * hand out an item without its secret.
+	 */
+	if (ae_sync_database == NULL || ae_sync_database[0] == '\0' ||
+		strcmp(ae_sync_database, get_database_name(MyDatabaseId)) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the anthropic_env lease keeper does not run in database \"%s\"",
+						get_database_name(MyDatabaseId)),
+				 errdetail("anthropic.sync_database is \"%s\".",
+						   ae_sync_database ? ae_sync_database : ""),
+				 errhint("Call the keeper's functions in the database named by anthropic.sync_database.")));
 }
 
 AeLease *

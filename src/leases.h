@@ -58,7 +58,8 @@ typedef struct AeLease
 	bool		dirty;			/* the keeper owes a write to held_work */
 	int			stop_failures;
 	int			finishing_pid;	/* a session past its finish's last check */
-	bool		beat_maybe_acted;	/* the last beat went unanswered */
+	bool		beat_maybe_acted;	/* the last beat (or claim) went unanswered;
+									 * kept in held_work.beat_unanswered */
 } AeLease;
 
 typedef struct AeWaiter
@@ -84,7 +85,10 @@ extern AeLeaseTable *ae_leases;
 extern void ae_leases_shmem_request(void);
 extern void ae_leases_shmem_startup(void);
 
-/* Raises unless the library was preloaded (no shared lease table). */
+/*
+ * Raises unless the library was preloaded (no shared lease table) and this
+ * is the database of anthropic.sync_database, where the keeper runs.
+ */
 extern void ae_leases_require(void);
 
 /* With the lock held: the slot of a work id, or NULL. */
