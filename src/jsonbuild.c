@@ -162,6 +162,25 @@ finish_object(BuildState *st, JsonbValue *obj)
 	obj->val.object.nPairs = m;
 }
 
+/*
+ * Room for slot n of a level's pairs or elements.  Four to begin with, as
+ * pushJsonbValue does: most containers are small, and answers of millions
+ * of them must not cost more memory than jsonb_in's.
+ */
+static void *
+grow(Level *lv, int n, void *slots, size_t size, const char *what)
+{
+	if (n < lv->cap)
+		return slots;
+	if (n >= (int) AE_JSONB_MAX_COUNT)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("number of jsonb %s exceeds the maximum allowed (%zu)",
+						what, AE_JSONB_MAX_COUNT)));
+	lv->cap = lv->cap ? lv->cap * 2 : 4;
+	return n ? repalloc_huge(slots, size * lv->cap) : palloc(size * lv->cap);
+}
+
 static void
 add_value(BuildState *st, JsonbValue *v)
 {
@@ -187,18 +206,8 @@ add_value(BuildState *st, JsonbValue *v)
 	{
 		int			n = lv->value.val.object.nPairs;
 
-		if (n >= lv->cap)
-		{
-			if (n >= (int) AE_JSONB_MAX_COUNT)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						 errmsg("number of jsonb object pairs exceeds the maximum allowed (%zu)",
-								AE_JSONB_MAX_COUNT)));
-			lv->cap = lv->cap ? lv->cap * 2 : 8;
-			lv->value.val.object.pairs = n ?
-				repalloc_huge(lv->value.val.object.pairs, sizeof(JsonbPair) * lv->cap) :
-				palloc(sizeof(JsonbPair) * lv->cap);
-		}
+		lv->value.val.object.pairs = grow(lv, n, lv->value.val.object.pairs,
+										  sizeof(JsonbPair), "object pairs");
 		lv->value.val.object.pairs[n].key = lv->key;
 		lv->value.val.object.pairs[n].value = *v;
 		lv->value.val.object.pairs[n].order = (uint32) n;
@@ -208,18 +217,8 @@ add_value(BuildState *st, JsonbValue *v)
 	{
 		int			n = lv->value.val.array.nElems;
 
-		if (n >= lv->cap)
-		{
-			if (n >= (int) AE_JSONB_MAX_COUNT)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						 errmsg("number of jsonb array elements exceeds the maximum allowed (%zu)",
-								AE_JSONB_MAX_COUNT)));
-			lv->cap = lv->cap ? lv->cap * 2 : 8;
-			lv->value.val.array.elems = n ?
-				repalloc_huge(lv->value.val.array.elems, sizeof(JsonbValue) * lv->cap) :
-				palloc(sizeof(JsonbValue) * lv->cap);
-		}
+		lv->value.val.array.elems = grow(lv, n, lv->value.val.array.elems,
+										 sizeof(JsonbValue), "array elements");
 		lv->value.val.array.elems[n] = *v;
 		lv->value.val.array.nElems = n + 1;
 	}
@@ -357,10 +356,19 @@ ae_parse_jsonb(char *text, size_t len)
 	lex = makeJsonLexContextCstringLen(text, (int) len, GetDatabaseEncoding(), true);
 #endif
 	res = pg_parse_json(lex, &sem);
+	/* jsonb_in's own errors: valid JSON it cannot store is not a syntax error. */
+	if (res == JSON_UNICODE_HIGH_ESCAPE ||
+#if PG_VERSION_NUM >= 160000
+		res == JSON_UNICODE_UNTRANSLATABLE ||
+#endif
+		res == JSON_UNICODE_CODE_POINT_ZERO)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNTRANSLATABLE_CHARACTER),
+				 errmsg("unsupported Unicode escape sequence"),
+				 errdetail_internal("%s", json_errdetail(res, lex))));
 	if (res != JSON_SUCCESS)
 		ereport(ERROR,
-				(errcode(res == JSON_UNICODE_HIGH_ESCAPE || res == JSON_UNICODE_CODE_POINT_ZERO ?
-						 ERRCODE_UNTRANSLATABLE_CHARACTER : ERRCODE_INVALID_TEXT_REPRESENTATION),
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("invalid input syntax for type %s", "json"),
 				 errdetail_internal("%s", json_errdetail(res, lex))));
 	CHECK_FOR_INTERRUPTS();

@@ -90,22 +90,31 @@ cmp_ok($ratio, '<', 4, sprintf('building the row takes less than 4 x jsonb_in (%
 
 # A timeout in the middle of it: half the call's median time.
 my $timeout = int($mrow / 2) + 1;
-my ($rc, $r, $err) = $node->psql('postgres', qq{
-SET statement_timeout = $timeout;
+# Runs env_get(id) under a statement_timeout of $ms; the ms it took to be
+# cancelled (undef if it returned), and what $after printed.
+sub cancelled_after
+{
+	my ($id, $ms, $after) = @_;
+	my ($rc, $out, $err) = $node->psql('postgres', qq{
+SET statement_timeout = $ms;
 DO \$\$
 DECLARE
 	t0 timestamptz := clock_timestamp();
 BEGIN
-	PERFORM * FROM anthropic.env_get('env_big');
+	PERFORM * FROM anthropic.env_get('$id');
 	RAISE NOTICE 'returned';
 EXCEPTION WHEN query_canceled THEN
 	RAISE NOTICE 'elapsed_ms=%', extract(epoch FROM clock_timestamp() - t0) * 1000;
 END \$\$;
 RESET statement_timeout;
-SELECT 'next=' || name FROM anthropic.env_get('env_num');
+$after
 });
-my ($elapsed) = $err =~ /elapsed_ms=([\d.]+)/;
-ok(defined $elapsed, "a statement_timeout of $timeout ms cancels the call") or diag $err;
+	my ($elapsed) = $err =~ /elapsed_ms=([\d.]+)/;
+	diag($err) unless defined $elapsed;
+	return ($elapsed, $out);
+}
+my ($elapsed, $r) = cancelled_after('env_big', $timeout, q{SELECT 'next=' || name FROM anthropic.env_get('env_num');});
+ok(defined $elapsed, "a statement_timeout of $timeout ms cancels the call");
 cmp_ok(($elapsed // 1e9) - $timeout, '<', 500, 'within 0.5 s of the timeout (' . (($elapsed // 0) - $timeout) . ' ms late)');
 is($r, 'next=n', 'the session works afterwards');
 
@@ -121,21 +130,9 @@ my $wide_ms = $node->safe_psql('postgres', q{SELECT t_ms($$SELECT e.id FROM anth
 is($node->safe_psql('postgres', q{SELECT count(*) FROM jsonb_object_keys((SELECT metadata FROM anthropic.env_get('env_wide')))}),
 	$nk, "the metadata column has all $nk keys");
 my $wide_timeout = int($wide_ms * 0.6) + 1;
-($rc, $r, $err) = $node->psql('postgres', qq{
-SET statement_timeout = $wide_timeout;
-DO \$\$
-DECLARE
-	t0 timestamptz := clock_timestamp();
-BEGIN
-	PERFORM * FROM anthropic.env_get('env_wide');
-	RAISE NOTICE 'returned';
-EXCEPTION WHEN query_canceled THEN
-	RAISE NOTICE 'elapsed_ms=%', extract(epoch FROM clock_timestamp() - t0) * 1000;
-END \$\$;
-});
-($elapsed) = $err =~ /elapsed_ms=([\d.]+)/;
+($elapsed) = cancelled_after('env_wide', $wide_timeout, '');
 diag("$nk keys: the call takes $wide_ms ms; timeout $wide_timeout ms");
-ok(defined $elapsed, "a statement_timeout of $wide_timeout ms cancels a $nk-key conversion") or diag $err;
+ok(defined $elapsed, "a statement_timeout of $wide_timeout ms cancels a $nk-key conversion");
 cmp_ok(($elapsed // 1e9) - $wide_timeout, '<', 500, 'within 0.5 s of the timeout (' . (($elapsed // 0) - $wide_timeout) . ' ms late)');
 
 $node->stop;
