@@ -267,12 +267,17 @@ ae_answer_to_jsonb(const char *utf8, size_t len, const char **why)
 			edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY)
 			PG_RE_THROW();
 		FlushErrorState();
-		*why = psprintf("The answer %s: %s%s%s",
-						edata->sqlerrcode == ERRCODE_UNTRANSLATABLE_CHARACTER ||
-						edata->sqlerrcode == ERRCODE_CHARACTER_NOT_IN_REPERTOIRE ?
-						"cannot be stored as jsonb" : "is not valid JSON",
-						edata->message, edata->detail ? ": " : ".",
-						edata->detail ? edata->detail : "");
+		/*
+		 * A syntax error's detail quotes the answer's text (a work item's
+		 * secret, say) and stays out; a character jsonb cannot hold is named
+		 * by its code or bytes only.
+		 */
+		if (edata->sqlerrcode == ERRCODE_UNTRANSLATABLE_CHARACTER ||
+			edata->sqlerrcode == ERRCODE_CHARACTER_NOT_IN_REPERTOIRE)
+			*why = psprintf("The answer cannot be stored as jsonb: %s%s%s", edata->message,
+							edata->detail ? ": " : ".", edata->detail ? edata->detail : "");
+		else
+			*why = psprintf("The answer is not valid JSON: %s.", edata->message);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();

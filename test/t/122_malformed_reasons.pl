@@ -3,7 +3,7 @@
 # LATIN1 an escape of a character LATIN1 lacks) is 08006 with a detail that
 # says the answer cannot be stored as jsonb and gives jsonb_in's own reason
 # for the same text in the same database; a syntax error still says "not
-# valid JSON: invalid input syntax".
+# valid JSON: invalid input syntax" and quotes none of the answer's text.
 use strict;
 use warnings;
 
@@ -50,5 +50,10 @@ for my $c ([ 'postgres', '"a\u0000b"', 'UTF8: \u0000 in a string' ],
 like(answer('postgres', '[1,2'), qr/^err\|08006\|.*not valid JSON: invalid input syntax for type json/,
 	'a syntax error reads as invalid input syntax');
 
+# The parser's detail quotes the bad token; a secret written unquoted must
+# not reach the error.
+my $bare = answer('postgres', '{"secret": wsec_bare_token_9f3k2}');
+like($bare, qr/^err\|08006\|.*not valid JSON/, 'an unquoted token is a syntax error');
+unlike($bare, qr/wsec_bare_token_9f3k2/, 'the error does not quote the answer\'s text');
 $node->stop;
 done_testing();

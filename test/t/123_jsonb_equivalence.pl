@@ -1,6 +1,6 @@
 # Answer conversion against jsonb_in (issue 13, rule 4; from review): an
-# answer's raw must be exactly jsonb_in's value of the text, and an answer jsonb_in refuses must be reported as
-# malformed (08006).  Each case is put into an environment answer (as the
+# answer's raw must be exactly jsonb_in's value of the text, and an answer
+# jsonb_in refuses must be reported as malformed (08006).  Each case is put into an environment answer (as the
 # member "x", or as the whole text) and compared with text::jsonb of the
 # same text in the same database: the value and its text (numbers as
 # written), or both failing.  Run in UTF8, SQL_ASCII (ASCII-only cases) and
