@@ -14,10 +14,13 @@
  * every number as the server wrote it (jansson keeps doubles and int64
  * only), and the cost is jsonb_in's, linear in the text.  The
  * API layer's checks and the typed columns read a jansson view of that
- * jsonb made by ae_jsonb_to_json().  For a caller that keeps raw, a
- * "metadata" object of more than AE_VIEW_MAX_PAIRS members is left empty
- * in the view: the metadata column comes from raw, and building jansson's
- * hash table for a large one cost more than jsonb_in itself.
+ * jsonb made by ae_jsonb_to_json().  For a caller that keeps raw the view
+ * is shallow: a "metadata" object of more than AE_VIEW_MAX_PAIRS members,
+ * and every container deeper than a record's config or data, is left empty
+ * in it.  The jsonb columns come from raw, and building jansson's values
+ * for them cost more than jsonb_in itself (three times as much for an
+ * answer of millions of small nested arrays).  The view checks for
+ * interrupts per 4,096 tokens of the whole walk.
  * A value built here from a parsed tree (an answer the API layer made up
  * while reconciling a repeated call) sorts keys with qsort.
  *
@@ -44,6 +47,14 @@
 
 /* Larger metadata objects are empty in a shallow jansson view. */
 #define AE_VIEW_MAX_PAIRS 256
+
+/*
+ * A shallow view holds containers down to this depth: a page (1), its
+ * data (2), a record (3), the record's config or data (4), whose scalars
+ * are the deepest thing a check or a typed column reads.  Deeper ones are
+ * empty, of their own type.
+ */
+#define AE_VIEW_SHALLOW_DEPTH 4
 
 /* Deeper answers are refused, as jansson's own parser refused them. */
 #define AE_VIEW_MAX_DEPTH 2048
@@ -284,7 +295,19 @@ ae_answer_to_jsonb(const char *utf8, size_t len, const char **why)
 	return result;
 }
 
-static json_t *container_to_json(JsonbContainer *c, bool shallow, int depth);
+/*
+ * The walk of one view.  Interrupts are checked per CHECK_EVERY tokens of
+ * the whole walk: an answer of millions of tiny containers has no big one.
+ */
+typedef struct ViewState
+{
+	bool		shallow;
+	uint32		ticks;
+} ViewState;
+
+#define VIEW_CHECK_EVERY 4096
+
+static json_t *container_to_json(ViewState *vs, JsonbContainer *c, int depth);
 
 /*
  * An empty jansson object.  Not json_object(): the postgres executable
@@ -335,7 +358,7 @@ numeric_prints_short(Numeric n)
 }
 
 static json_t *
-scalar_to_json(JsonbValue *v, bool shallow, int depth)
+scalar_to_json(ViewState *vs, JsonbValue *v, int depth)
 {
 	switch (v->type)
 	{
@@ -390,7 +413,9 @@ scalar_to_json(JsonbValue *v, bool shallow, int depth)
 		case jbvBool:
 			return json_boolean(v->val.boolean);
 		case jbvBinary:
-			return container_to_json(v->val.binary.data, shallow, depth + 1);
+			if (vs->shallow && depth >= AE_VIEW_SHALLOW_DEPTH)
+				return JsonContainerIsObject(v->val.binary.data) ? new_object() : json_pack("[]");
+			return container_to_json(vs, v->val.binary.data, depth + 1);
 		case jbvNull:
 		default:
 			return json_null();
@@ -398,7 +423,7 @@ scalar_to_json(JsonbValue *v, bool shallow, int depth)
 }
 
 static json_t *
-container_to_json(JsonbContainer *c, bool shallow, int depth)
+container_to_json(ViewState *vs, JsonbContainer *c, int depth)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
@@ -406,7 +431,6 @@ container_to_json(JsonbContainer *c, bool shallow, int depth)
 	json_t	   *out = NULL;
 	json_t	   *item;
 	char	   *key = NULL;
-	uint32		n = 0;
 
 	if (depth > AE_VIEW_MAX_DEPTH)
 		return NULL;
@@ -414,7 +438,7 @@ container_to_json(JsonbContainer *c, bool shallow, int depth)
 	it = JsonbIteratorInit(c);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		if ((++n & 1023) == 0)
+		if ((++vs->ticks % VIEW_CHECK_EVERY) == 0)
 			CHECK_FOR_INTERRUPTS();
 		switch (tok)
 		{
@@ -434,17 +458,17 @@ container_to_json(JsonbContainer *c, bool shallow, int depth)
 					key = pg_server_to_any(key, (int) strlen(key), PG_UTF8);
 				break;
 			case WJB_VALUE:
-				if (shallow && v.type == jbvBinary && strcmp(key, "metadata") == 0 &&
+				if (vs->shallow && v.type == jbvBinary && strcmp(key, "metadata") == 0 &&
 					JsonContainerIsObject(v.val.binary.data) &&
 					JsonContainerSize(v.val.binary.data) > AE_VIEW_MAX_PAIRS)
 					item = new_object();
 				else
-					item = scalar_to_json(&v, shallow, depth);
+					item = scalar_to_json(vs, &v, depth);
 				if (item == NULL || json_object_set_new_nocheck(out, key, item) != 0)
 					return NULL;
 				break;
 			case WJB_ELEM:
-				item = scalar_to_json(&v, shallow, depth);
+				item = scalar_to_json(vs, &v, depth);
 				if (item == NULL || json_array_append_new(out, item) != 0)
 					return NULL;
 				break;
@@ -459,14 +483,15 @@ json_t *
 ae_jsonb_to_json(Jsonb *jb, bool shallow)
 {
 	JsonbValue	v;
+	ViewState	vs = {shallow, 0};
 
 	/* A bare scalar is a one-element "raw scalar" array in jsonb. */
 	if (JB_ROOT_IS_SCALAR(jb))
 	{
 		JsonbExtractScalar(&jb->root, &v);
-		return scalar_to_json(&v, shallow, 0);
+		return scalar_to_json(&vs, &v, 0);
 	}
-	return container_to_json(&jb->root, shallow, 1);
+	return container_to_json(&vs, &jb->root, 1);
 }
 
 /*
@@ -636,18 +661,31 @@ ae_jsonb_array_item(Jsonb *page, const char *key, uint32 i)
 }
 
 /*
- * Sets value/isnull from a member of the already built raw jsonb: copying
- * its binary container is far cheaper than building it again.
+ * Copying a member's binary container out of the already built raw jsonb
+ * is far cheaper than building it again, and keeps its numbers as written.
  */
+Jsonb *
+ae_jsonb_member(Jsonb *obj, const char *key)
+{
+	JsonbValue	buf;
+	JsonbValue *v;
+
+	if (obj == NULL || !JB_ROOT_IS_OBJECT(obj))
+		return NULL;
+	v = getKeyJsonValueFromContainer(&obj->root, key, strlen(key), &buf);
+	if (v == NULL || v->type == jbvNull)
+		return NULL;
+	return JsonbValueToJsonb(v);
+}
+
 static void
 put_jsonb_from_raw(Jsonb *raw, const char *key, Datum *value, bool *isnull)
 {
-	JsonbValue	buf;
-	JsonbValue *v = getKeyJsonValueFromContainer(&raw->root, key, strlen(key), &buf);
+	Jsonb	   *v = ae_jsonb_member(raw, key);
 
-	*isnull = (v == NULL || v->type == jbvNull);
-	if (!*isnull)
-		*value = JsonbPGetDatum(JsonbValueToJsonb(v));
+	*isnull = (v == NULL);
+	if (v)
+		*value = JsonbPGetDatum(v);
 }
 
 static void

@@ -34,10 +34,13 @@ extern Jsonb *ae_answer_to_jsonb(const char *utf8, size_t len, const char **why)
 
 /*
  * A jansson view of a jsonb answer for checks and typed columns; shallow
- * for a caller that takes metadata from raw (see convert.c).  NULL when
- * nested deeper than jansson allowed, or out of memory.
+ * for a caller that takes its jsonb columns from raw (see convert.c).
+ * NULL when nested deeper than jansson allowed, or out of memory.
  */
 extern json_t *ae_jsonb_to_json(Jsonb *jb, bool shallow);
+
+/* Member key of a jsonb object, or NULL when it is missing or null. */
+extern Jsonb *ae_jsonb_member(Jsonb *obj, const char *key);
 
 /* Element i of the array member key of a jsonb object, or NULL. */
 extern Jsonb *ae_jsonb_array_item(Jsonb *page, const char *key, uint32 i);

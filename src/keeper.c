@@ -952,6 +952,7 @@ keeper_exit(int code, Datum arg)
 typedef struct Taken
 {
 	json_t	   *item;
+	Jsonb	   *raw;			/* the item as the server wrote it */
 	Served	   *env;
 	AeLease		lease;
 	bool		polled;			/* a poll returned it */
@@ -971,15 +972,15 @@ store_one(Taken *t, bool claimed)
 	Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, BOOLOID};
 	Datum		v[7];
 	char		n[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	json_t	   *md = json_object_get(t->item, "metadata");
+	Jsonb	   *md = ae_jsonb_member(t->raw, "metadata");
 	const char *secret = aej_string(t->item, "secret");
 
 	v[0] = text_datum(t->lease.work_id);
 	v[1] = text_datum(t->lease.environment_id);
 	v[2] = text_datum(t->lease.data_type);
 	v[3] = text_datum(t->lease.data_id);
-	if (md && json_is_object(md))
-		v[4] = PointerGetDatum(ae_json_to_jsonb(md));
+	if (md && JB_ROOT_IS_OBJECT(md))
+		v[4] = PointerGetDatum(md);
 	else
 		n[4] = 'n';
 	v[5] = text_datum(t->lease.last_heartbeat);
@@ -1311,6 +1312,8 @@ poller_round(void)
 		calls[i].query[0].value = "999";
 		calls[i].extra_timeout_ms = 999;
 		calls[i].worker_id = served[want[i]].worker_id;
+		/* The metadata stored is the server's text, numbers as written. */
+		calls[i].raw_out = &r.taken[i].raw;
 		/* A failed poll is not retried: the environment's backoff takes over. */
 		calls[i].no_retry = true;
 	}

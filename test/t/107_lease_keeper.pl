@@ -177,6 +177,13 @@ is($standby->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE
 is($standby->safe_psql('postgres', 'SELECT count(*) FROM anthropic.leases'), '0', 'and it holds no lease');
 $standby->stop;
 
+# The claimed metadata is the server's text, taken from the poll's answer:
+# 16 keys (the API's most), with escapes and non-ASCII text.
+my %md = map { (sprintf('k%03d', $_) => "v$_ \"q\" \x{e9}\x{1F600}") } 1 .. 16;
+my $w6 = enqueue($env, { metadata => \%md });
+is(sq("SELECT count(*) FILTER (WHERE value = 'v' || substr(key, 2)::int || E' \"q\" \\u00e9\\U0001F600') FROM anthropic.work_claim('$env', '5s') c, jsonb_each_text(c.metadata)"),
+	'16', 'work_claim returns all 16 metadata keys with their values');
+
 # Privileges: nothing for PUBLIC; the view has no secret.
 sq('CREATE ROLE plain LOGIN');
 my ($rc, $out, $err) = $node->psql('postgres', "SELECT * FROM anthropic.work_claim('$env')", extra_params => [ '-U', 'plain' ]);

@@ -1,5 +1,6 @@
 # Answer conversion against jsonb_in (issue 13, rule 4; from review): an
-# answer's raw must be exactly jsonb_in's value of the text, and an answer
+# answer's raw must be exactly jsonb_in's value of the text (its stored
+# bytes included: src/jsonbuild.c writes jsonb's format itself), and an answer
 # jsonb_in refuses must be reported as malformed (08006).  Each case is put into an environment answer (as the
 # member "x", or as the whole text) and compared with text::jsonb of the
 # same text in the same database: the value and its text (numbers as
@@ -26,6 +27,8 @@ for my $db ('postgres', 'sa', 'l1')
 	$node->safe_psql($db, 'CREATE EXTENSION IF NOT EXISTS anthropic_env');
 	$node->safe_psql($db, $FakeApi::T_TRY) unless $db eq 'postgres';
 	$node->safe_psql($db, 'CREATE TABLE t_body (id text PRIMARY KEY, t text)');
+	# jsonb's bytes, to compare the stored format and not only the value.
+	$node->safe_psql($db, 'CREATE CAST (jsonb AS bytea) WITHOUT FUNCTION');
 }
 
 sub env_text
@@ -54,13 +57,13 @@ sub check
 	my $out = $node->safe_psql($db, qq{SET client_encoding = 'UTF8';
 SELECT t_try(\$\$SELECT t::jsonb::text FROM t_body WHERE id = '$id'\$\$)
  || E'\\n' || t_try(\$\$SELECT raw::text FROM anthropic.env_get('$id')\$\$)
- || E'\\n' || t_try(\$\$SELECT (e.raw = b.t::jsonb)::text FROM anthropic.env_get('$id') e, t_body b WHERE b.id = '$id'\$\$)});
+ || E'\\n' || t_try(\$\$SELECT (e.raw = b.t::jsonb)::text || '/' || (e.raw::bytea = b.t::jsonb::bytea)::text FROM anthropic.env_get('$id') e, t_body b WHERE b.id = '$id'\$\$)});
 	my ($jin, $ext, $eq) = split /\n/, $out, 3;
 	if ($jin =~ /^ok\|/)
 	{
 		$seen{equal}++;
-		my $ok = $ext eq $jin && $eq eq 'ok|true';
-		ok($ok, "$db: $label: raw equals jsonb_in's value") or diag("jsonb_in: $jin\nraw:      $ext\nequal:    $eq");
+		my $ok = $ext eq $jin && $eq eq 'ok|true/true';
+		ok($ok, "$db: $label: raw equals jsonb_in's value, byte for byte") or diag("jsonb_in: $jin\nraw:      $ext\nequal:    $eq");
 	}
 	else
 	{
