@@ -203,7 +203,8 @@ CREATE TABLE anthropic.held_work (
 	done_at timestamptz,
 	error text,
 	healthcheck boolean NOT NULL DEFAULT false,
-	beat_unanswered boolean NOT NULL DEFAULT false
+	beat_unanswered boolean NOT NULL DEFAULT false,
+	ack_unanswered boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE anthropic.held_work IS
 	'Internal: the lease keeper''s record of the items it holds, read back after a restart; read anthropic.leases instead';
@@ -211,6 +212,8 @@ COMMENT ON COLUMN anthropic.held_work.last_heartbeat IS
 	'The lease''s last heartbeat, echoed verbatim; NULL while the NO_HEARTBEAT claim after the ack is not confirmed (the keeper sends it again)';
 COMMENT ON COLUMN anthropic.held_work.beat_unanswered IS
 	'The last beat or claim went unanswered and may have been applied: the next beat''s 412 showing the lease it set is its success';
+COMMENT ON COLUMN anthropic.held_work.ack_unanswered IS
+	'Stored at the poll, before its ack: the ack''s answer is not seen yet, so the keeper acks again (a 409 there is reconciled) before it claims the lease';
 
 -- UNLOGGED: in no WAL, no base backup, no standby; not in pg_dump (no
 -- config_dump); crash recovery empties it, and the keeper then releases
@@ -221,7 +224,17 @@ CREATE UNLOGGED TABLE anthropic.work_secrets (
 );
 COMMENT ON TABLE anthropic.work_secrets IS
 	'Internal: the secret of each held item, handed out only by anthropic.work_claim; UNLOGGED, so in no WAL, base backup or dump';
-REVOKE ALL ON anthropic.served_environments, anthropic.held_work, anthropic.work_secrets FROM PUBLIC;
+-- Written by work_finish() in the caller's transaction, so that a commit
+-- keeps the finish and a transaction left open locks none of the keeper's
+-- held_work rows.
+CREATE TABLE anthropic.finished_work (
+	work_id text PRIMARY KEY,
+	finished_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE anthropic.finished_work IS
+	'Internal: items finished by anthropic.work_finish in committed transactions, until the lease keeper forgets them';
+REVOKE ALL ON anthropic.served_environments, anthropic.held_work, anthropic.work_secrets,
+	anthropic.finished_work FROM PUBLIC;
 
 CREATE TYPE anthropic.claimed_work AS (
 	work_id text,

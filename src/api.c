@@ -449,7 +449,7 @@ finish_call(const AeCall *call, const AeHttpResponse *resp)
 	{
 		const char *note = NULL;
 
-		if (resp->maybe_acted && ep->reconcile != AE_RECONCILE_NONE &&
+		if ((resp->maybe_acted || call->repeats) && ep->reconcile != AE_RECONCILE_NONE &&
 			reconcile(ep, call, resp, &root, &note))
 			return root;
 		if (resp->status == 404 && call->missing_ok)

@@ -40,6 +40,8 @@ typedef struct AeCall
 	bool		no_retry;		/* one attempt only: the caller retries */
 	bool		missing_ok;		/* a 404 returns NULL instead of raising */
 	bool		stop_force;		/* work_stop's force, for reconciliation */
+	bool		repeats;		/* repeats a call whose answer was lost: its
+								 * failure is reconciled as a retry's is */
 	/* When set, receives the answer as jsonb built from its text, or NULL. */
 	Jsonb	  **raw_out;
 } AeCall;

@@ -462,8 +462,10 @@ finish_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 }
 
 /*
- * Writes the finished state in the caller's transaction: committed, it
- * survives any restart; rolled back, it goes with the results.
+ * Writes the finished state in the caller's transaction, into a table of
+ * its own: committed, it survives any restart; rolled back, it goes with
+ * the results.  A session never locks the keeper's held_work rows, so a
+ * transaction left open after work_finish() holds back no beat's record.
  */
 static void
 record_finished(const char *work_id)
@@ -473,10 +475,10 @@ record_finished(const char *work_id)
 
 	values[0] = CStringGetTextDatum(work_id);
 	SPI_connect();
-	if (spi_latest("UPDATE anthropic.held_work SET state = 'finished', claimed_pid = NULL, "
-				   "done_at = now() WHERE work_id = $1",
-				   1, argtypes, values, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not update anthropic.held_work");
+	if (spi_latest("INSERT INTO anthropic.finished_work (work_id) VALUES ($1) "
+				   "ON CONFLICT (work_id) DO NOTHING",
+				   1, argtypes, values, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into anthropic.finished_work");
 	SPI_finish();
 }
 

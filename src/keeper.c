@@ -17,15 +17,17 @@
  *   reconciles the 412 that may follow its own unanswered beat.  It
  *   notices dead sessions, lost leases and stop requests, sends the force
  *   stops, writes the table anthropic.held_work that a restart reads back
- *   (skipping rows a session's open work_finish() holds), and sends every
- *   NOTIFY anthropic_work.
+ *   (with anthropic.finished_work, which work_finish() writes), and sends
+ *   every NOTIFY anthropic_work.
  *
  * They are two processes because a long poll lasts up to a second, and a
  * beat must never wait for one (nor for a sync, which has a worker of its
  * own).  Both start only once recovery has finished, so a standby runs
- * neither.  SIGTERM ends either at its next interrupt check (every 20 ms
- * while a request is in flight); nothing is stopped on the way out, so a
- * restart resumes the same leases.
+ * neither.  SIGTERM ends the poller at its next interrupt check (every
+ * 20 ms while a request is in flight); the keeper then sends one last wave
+ * of beats (keeper_stop), so that a restart shorter than the TTL finds its
+ * leases running.  Nothing is stopped on the way out, so a restart resumes
+ * the same leases.
  *
  *-------------------------------------------------------------------------
  */
@@ -71,6 +73,7 @@ PGDLLEXPORT void ae_keeper_main(Datum arg);
 #define AE_POLL_BACKOFF_MAX_MS 60000
 #define AE_BEAT_ATTEMPT_MIN_MS 500
 #define AE_BEAT_ATTEMPT_MAX_MS 1000
+#define AE_LAST_ROUND_MS 500
 
 typedef struct Served
 {
@@ -93,6 +96,10 @@ static bool told_served = false;	/* it logged more served environments than it s
 static struct Act *inflight = NULL;
 static int	ninflight = 0;
 static bool claims_confirmed = false;	/* a round confirmed a NO_HEARTBEAT claim */
+
+/* Set by SIGTERM in the keeper; see keeper_sigterm(). */
+static volatile sig_atomic_t keeper_stopping = false;
+static bool stop_flushed = false;	/* keeper_stop() made its last write */
 
 void
 ae_keeper_register(void)
@@ -200,8 +207,10 @@ in_xact(void (*fn) (void *), void *arg, const char *what)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		ereport(WARNING,
-				(errmsg("anthropic_env lease keeper could not %s: %s", what, edata->message)));
+		/* A write that SIGTERM cut short is made again on the way out. */
+		if (!(keeper_stopping && edata->sqlerrcode == ERRCODE_QUERY_CANCELED))
+			ereport(WARNING,
+					(errmsg("anthropic_env lease keeper could not %s: %s", what, edata->message)));
 		FreeErrorData(edata);
 		ok = false;
 	}
@@ -322,8 +331,9 @@ load_held(void *arg)
 	if (SPI_execute("SELECT h.work_id, h.environment_id, h.data_type, h.data_id, h.state, h.consumer, "
 					"h.taken_at, h.last_beat_at, h.lease_expires_at, h.last_heartbeat, h.ttl_seconds, "
 					"h.remote_state, h.stop_sent_at, h.done_at, h.error, h.healthcheck, "
-					"s.work_id IS NOT NULL, h.beat_unanswered "
+					"s.work_id IS NOT NULL, h.beat_unanswered, f.finished_at, h.ack_unanswered "
 					"FROM anthropic.held_work h LEFT JOIN anthropic.work_secrets s USING (work_id) "
+					"LEFT JOIN anthropic.finished_work f USING (work_id) "
 					"ORDER BY h.taken_at", false, AE_MAX_LEASES) != SPI_OK_SELECT)
 		elog(ERROR, "could not read anthropic.held_work");
 
@@ -362,9 +372,15 @@ load_held(void *arg)
 		 */
 		l->beat_maybe_acted = (col(i, 18) && strcmp(col(i, 18), "t") == 0) ||
 			l->last_heartbeat[0] == '\0';
+		l->unacked = col(i, 20) && strcmp(col(i, 20), "t") == 0;
 
-		if (strcmp(state, "finished") == 0)
+		/* A session's committed work_finish() is in finished_work. */
+		if (strcmp(state, "finished") == 0 || col(i, 19) != NULL)
+		{
 			l->state = AE_LEASE_FINISHED;
+			if (l->done_at == 0)
+				l->done_at = col_time(i, 19);
+		}
 		else if (strcmp(state, "lost") == 0)
 			l->state = AE_LEASE_LOST;
 		else if (strcmp(col(i, 17), "t") != 0)
@@ -383,6 +399,13 @@ load_held(void *arg)
 			/* An unconfirmed claim is announced once its beat succeeds. */
 			l->notify = !l->healthcheck && l->last_heartbeat[0] != '\0';
 		}
+
+		/*
+		 * The server, not the local clock, says whether a lease survived
+		 * the time the server was down: the first beat decides, and the
+		 * TTL rule applies again from its outcome on.
+		 */
+		l->resumed = true;
 	}
 	ae_leases->loaded = true;
 	LWLockRelease(ae_leases->lock);
@@ -429,19 +452,19 @@ static void
 persist(void *arg)
 {
 	PersistWork *w = arg;
-	Oid			types[15] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	Oid			types[16] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 		TIMESTAMPTZOID, TEXTOID, INT4OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
-	TIMESTAMPTZOID, INT4OID, BOOLOID};
+	TIMESTAMPTZOID, INT4OID, BOOLOID, BOOLOID};
 	int			i;
 
 	for (i = 0; i < w->nrows; i++)
 	{
 		AeLease    *l = &w->rows[i];
-		Datum		v[15];
-		char		n[15];
+		Datum		v[16];
+		char		n[16];
 		int			k;
 
-		for (k = 0; k < 15; k++)
+		for (k = 0; k < 16; k++)
 			n[k] = ' ';
 		v[0] = text_datum(l->work_id);
 		v[1] = text_datum(ae_lease_state_name(l->state));
@@ -468,12 +491,12 @@ persist(void *arg)
 		v[13] = Int32GetDatum(l->claimed_pid);
 		n[13] = l->claimed_pid ? ' ' : 'n';
 		v[14] = BoolGetDatum(l->beat_maybe_acted);
+		v[15] = BoolGetDatum(l->unacked);
 
 		/*
-		 * A session's work_finish() writes its row inside the session's
-		 * transaction, which may stay open for long: the keeper skips a
-		 * locked row and writes it at a later flush rather than wait.  A
-		 * committed finish is never overwritten by an older state.
+		 * Sessions write only finished_work, never these rows; a row
+		 * locked all the same (by hand) is written at a later flush rather
+		 * than waited for.  A finished state is never overwritten.
 		 */
 		w->written[i] = lock_row(l->work_id) >= 0;
 		if (!w->written[i])
@@ -481,9 +504,10 @@ persist(void *arg)
 		if (SPI_execute_with_args("UPDATE anthropic.held_work SET state = $2, consumer = $3, claimed_at = $4, "
 								  "last_beat_at = $5, lease_expires_at = $6, last_heartbeat = $7, "
 								  "ttl_seconds = $8, remote_state = $9, stop_sent_at = $10, done_at = $11, "
-								  "error = $12, taken_at = $13, claimed_pid = $14, beat_unanswered = $15 "
+								  "error = $12, taken_at = $13, claimed_pid = $14, beat_unanswered = $15, "
+								  "ack_unanswered = $16 "
 								  "WHERE work_id = $1 AND (state <> 'finished' OR $2 = 'finished')",
-								  15, types, v, n, false, 0) != SPI_OK_UPDATE)
+								  16, types, v, n, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update anthropic.held_work");
 	}
 	for (i = 0; i < w->ngone; i++)
@@ -499,6 +523,8 @@ persist(void *arg)
 								  false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not delete from anthropic.held_work");
 		if (SPI_execute_with_args("DELETE FROM anthropic.work_secrets WHERE work_id = $1", 1, t, v, NULL,
+								  false, 0) != SPI_OK_DELETE ||
+			SPI_execute_with_args("DELETE FROM anthropic.finished_work WHERE work_id = $1", 1, t, v, NULL,
 								  false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not delete from anthropic.work_secrets");
 	}
@@ -525,6 +551,7 @@ flush_leases(void)
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz horizon = TimestampTzPlusMilliseconds(now, -AE_TERMINAL_KEEP_MS);
 	int			i;
+	bool		ok;
 
 	w.rows = palloc(sizeof(AeLease) * AE_MAX_LEASES);
 	w.written = palloc0(sizeof(bool) * AE_MAX_LEASES);
@@ -560,12 +587,21 @@ flush_leases(void)
 	LWLockRelease(ae_leases->lock);
 	if (w.nrows + w.ngone + w.nnotify == 0)
 		return;
-	if (!in_xact(persist, &w, "record its leases"))
+	ok = in_xact(persist, &w, "record its leases");
+	if (!ok)
 	{
 		memset(w.written, 0, sizeof(bool) * w.nrows);
 		memset(w.deleted, 0, sizeof(bool) * w.ngone);
 	}
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	/* A NOTIFY rolled back with the rest is owed again. */
+	for (i = 0; !ok && i < w.nnotify; i++)
+	{
+		AeLease    *l = ae_lease_find(w.notify[i]);
+
+		if (l)
+			l->notify = true;
+	}
 	for (i = 0; i < w.nrows; i++)
 	{
 		AeLease    *l = ae_lease_find(w.rows[i].work_id);
@@ -634,7 +670,8 @@ reap_dead_sessions(void)
 typedef enum ActKind
 {
 	ACT_BEAT,
-	ACT_STOP
+	ACT_STOP,
+	ACT_ACK
 } ActKind;
 
 struct Act
@@ -643,8 +680,22 @@ struct Act
 	char		work_id[AE_ID_LEN];
 	char		environment_id[AE_ID_LEN];
 	char		last_heartbeat[AE_HB_LEN];
+	TimestampTz last_beat_at;
 };
 typedef struct Act Act;
+
+static void send_acts(Act *acts, int n, int attempt_ms, TimestampTz now);
+
+static void
+set_act(Act *a, ActKind kind, const AeLease *l)
+{
+	a->kind = kind;
+	strlcpy(a->work_id, l->work_id, AE_ID_LEN);
+	strlcpy(a->environment_id, l->environment_id, AE_ID_LEN);
+	/* An unconfirmed claim is sent again as the claim it was. */
+	strlcpy(a->last_heartbeat, l->last_heartbeat[0] ? l->last_heartbeat : "NO_HEARTBEAT", AE_HB_LEN);
+	a->last_beat_at = l->last_beat_at;
+}
 
 /* A successful beat's answer (or a lost beat's, reconciled). */
 static void
@@ -744,14 +795,50 @@ apply_stop(AeLease *l, const AeCallOutcome *o, TimestampTz now)
 	{
 		l->stop_sent_at = now;
 		l->dirty = true;
-		if (l->healthcheck && l->state != AE_LEASE_FINISHED)
-			mark(l, AE_LEASE_FINISHED, NULL);
+
+		/*
+		 * Stopped at the server's request, or a healthcheck: nothing is
+		 * left to do, so it is done like a finished item (no NOTIFY, as
+		 * for any finish), and its slot, row and secret go after the
+		 * horizon.
+		 */
+		if (l->state == AE_LEASE_STOP_REQUESTED || (l->healthcheck && l->state != AE_LEASE_FINISHED))
+		{
+			l->state = AE_LEASE_FINISHED;
+			l->done_at = now;
+		}
 		return;
 	}
 	l->stop_failures++;
 	ae_lease_strcpy(l->error, o->error->message, sizeof(l->error));
 	l->dirty = true;
 	l->next_beat_at = TimestampTzPlusMilliseconds(now, 1000L << Min(l->stop_failures, 6));
+}
+
+/*
+ * The ack of an item stored at its poll whose first ack went unanswered.
+ * Acked (or its 409 reconciled: the lost ack was applied), its
+ * NO_HEARTBEAT claim goes out next.  A 409 or 404 that stands means the
+ * server no longer offers it to us: released.
+ */
+static void
+apply_ack(AeLease *l, const AeCallOutcome *o, TimestampTz now)
+{
+	l->dirty = true;
+	if (o->error == NULL)
+	{
+		l->unacked = false;
+		l->error[0] = '\0';
+		l->next_beat_at = now;
+		return;
+	}
+	if (o->status == 409 || o->status == 404)
+	{
+		mark(l, AE_LEASE_LOST, "released: its ack went unanswered and the server no longer offers the item");
+		return;
+	}
+	ae_lease_strcpy(l->error, o->error->message, sizeof(l->error));
+	l->next_beat_at = TimestampTzPlusMilliseconds(now, 1000);
 }
 
 /*
@@ -763,8 +850,6 @@ keeper_round(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	Act		   *acts = palloc(sizeof(Act) * AE_MAX_LEASES);
-	AeCall	   *calls;
-	AeCallOutcome *out;
 	int			n = 0;
 	int			min_interval = 30000;
 	long		sleep_ms = AE_KEEPER_TICK_MS;
@@ -777,19 +862,22 @@ keeper_round(void)
 		AeLease    *l = &ae_leases->leases[i];
 		bool		beat = false;
 		bool		stop = false;
+		bool		ack = false;
 
 		switch (l->state)
 		{
 			case AE_LEASE_READY:
 			case AE_LEASE_CLAIMED:
-				if (l->last_beat_at != 0 && l->finishing_pid == 0 &&
+				if (l->last_beat_at != 0 && l->finishing_pid == 0 && !l->resumed &&
 					now > TimestampTzPlusMilliseconds(l->last_beat_at, (int64) l->ttl_seconds * 1000))
 				{
 					mark(l, AE_LEASE_LOST, "lease lost: no successful heartbeat for longer than the TTL");
 					lost = true;
 					break;
 				}
-				if (l->healthcheck)
+				if (l->unacked)
+					ack = l->next_beat_at <= now;
+				else if (l->healthcheck)
 					stop = l->stop_sent_at == 0 && l->next_beat_at <= now;
 				else
 					beat = l->next_beat_at <= now;
@@ -803,17 +891,11 @@ keeper_round(void)
 			default:
 				break;
 		}
-		if (beat || stop)
+		if (beat || stop || ack)
 		{
-			acts[n].kind = beat ? ACT_BEAT : ACT_STOP;
-			strlcpy(acts[n].work_id, l->work_id, AE_ID_LEN);
-			strlcpy(acts[n].environment_id, l->environment_id, AE_ID_LEN);
-			/* An unconfirmed claim is sent again as the claim it was. */
-			strlcpy(acts[n].last_heartbeat, l->last_heartbeat[0] ? l->last_heartbeat : "NO_HEARTBEAT",
-					AE_HB_LEN);
+			set_act(&acts[n++], beat ? ACT_BEAT : (ack ? ACT_ACK : ACT_STOP), l);
 			if (beat)
 				min_interval = Min(min_interval, beat_interval_ms(l->ttl_seconds));
-			n++;
 		}
 		else if ((l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED) && !l->healthcheck)
 			sleep_ms = Min(sleep_ms, Max(1, TimestampDifferenceMilliseconds(now, l->next_beat_at)));
@@ -822,6 +904,20 @@ keeper_round(void)
 	(void) lost;
 	if (n == 0)
 		return sleep_ms;
+	send_acts(acts, n, Min(AE_BEAT_ATTEMPT_MAX_MS, Max(AE_BEAT_ATTEMPT_MIN_MS, min_interval / 2)), now);
+	return 0;
+}
+
+/*
+ * Sends a round's beats and stops at once, each one attempt of at most
+ * attempt_ms, and applies the answers under the lock.
+ */
+static void
+send_acts(Act *acts, int n, int attempt_ms, TimestampTz now)
+{
+	AeCall	   *calls;
+	AeCallOutcome *out;
+	int			i;
 
 	calls = palloc0(sizeof(AeCall) * n);
 	out = palloc0(sizeof(AeCallOutcome) * n);
@@ -835,6 +931,12 @@ keeper_round(void)
 			calls[i].endpoint = AE_WORK_HEARTBEAT;
 			calls[i].query[0].name = "expected_last_heartbeat";
 			calls[i].query[0].value = acts[i].last_heartbeat;
+		}
+		else if (acts[i].kind == ACT_ACK)
+		{
+			/* The lost ack may have been applied: a 409 is reconciled. */
+			calls[i].endpoint = AE_WORK_ACK;
+			calls[i].repeats = true;
 		}
 		else
 		{
@@ -851,9 +953,7 @@ keeper_round(void)
 	 * at a later round, well within its interval.  Times count from the
 	 * send, so a slow round delays no lease's next beat.
 	 */
-	SetConfigOption("anthropic.timeout_ms",
-					psprintf("%d", Min(AE_BEAT_ATTEMPT_MAX_MS, Max(AE_BEAT_ATTEMPT_MIN_MS, min_interval / 2))),
-					PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("anthropic.timeout_ms", psprintf("%d", attempt_ms), PGC_SUSET, PGC_S_SESSION);
 	inflight = acts;
 	ninflight = n;
 	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
@@ -873,6 +973,12 @@ keeper_round(void)
 			/* A claim, release or finish meanwhile changes nothing here. */
 			if (l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED)
 				apply_beat(l, &acts[i], &out[i], now);
+			l->resumed = false;
+		}
+		else if (acts[i].kind == ACT_ACK)
+		{
+			if (l->state == AE_LEASE_READY)
+				apply_ack(l, &out[i], now);
 		}
 		else
 			apply_stop(l, &out[i], now);
@@ -880,10 +986,117 @@ keeper_round(void)
 	LWLockRelease(ae_leases->lock);
 	if (claims_confirmed)
 		ConditionVariableBroadcast(&ae_leases->ready_cv);
-	return 0;
 }
 
 /* --------------------------------------------------------- on the way out */
+
+/*
+ * SIGTERM in the keeper acts as a cancel: the round in flight ends at its
+ * next interrupt check through the transport's own cleanup (a FATAL there
+ * would leave its transfers inside the multi handle, and no last round
+ * could be sent), and the main loop then sends the last round and exits.
+ */
+static void
+keeper_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	keeper_stopping = true;
+	InterruptPending = true;
+	QueryCancelPending = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+static int
+act_older(const void *a, const void *b)
+{
+	TimestampTz ta = ((const Act *) a)->last_beat_at;
+	TimestampTz tb = ((const Act *) b)->last_beat_at;
+
+	return ta < tb ? -1 : (ta > tb ? 1 : 0);
+}
+
+/*
+ * One last beat of the held leases, oldest beat first, so that a restart
+ * shorter than the TTL finds every lease running for a whole TTL from the
+ * shutdown instead of what was left of it.  One wave of requests of at
+ * most AE_LAST_ROUND_MS keeps the exit within a second; leases beyond it
+ * keep the lease their last beat gave.  Nothing is stopped.
+ */
+static void
+last_round(void)
+{
+	Act		   *acts = palloc(sizeof(Act) * AE_MAX_LEASES);
+	int			n = 0;
+	int			i;
+
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < AE_MAX_LEASES; i++)
+	{
+		AeLease    *l = &ae_leases->leases[i];
+
+		if ((l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED) && !l->healthcheck &&
+			l->finishing_pid == 0 && !l->unacked)
+			set_act(&acts[n++], ACT_BEAT, l);
+	}
+	LWLockRelease(ae_leases->lock);
+	if (n == 0)
+		return;
+	qsort(acts, n, sizeof(Act), act_older);
+	send_acts(acts, Min(n, AE_MAX_CONCURRENCY), AE_LAST_ROUND_MS, GetCurrentTimestamp());
+}
+
+/*
+ * After SIGTERM: what was in flight may have been applied, a last round
+ * goes out, everything owed is written, then the keeper exits like die().
+ */
+static void
+keeper_stop(void)
+{
+	int			i;
+
+	QueryCancelPending = false;
+	MemoryContextSwitchTo(TopMemoryContext);
+	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < ninflight; i++)
+	{
+		AeLease    *l = ae_lease_find(inflight[i].work_id);
+
+		if (l && inflight[i].kind == ACT_BEAT &&
+			(l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
+		{
+			l->beat_maybe_acted = true;
+			l->dirty = true;
+		}
+	}
+	LWLockRelease(ae_leases->lock);
+	ninflight = 0;
+	inflight = NULL;
+	/* The last round's 0.5 s and this wait for a lock fit in the second. */
+	SetConfigOption("lock_timeout", "300", PGC_SUSET, PGC_S_OVERRIDE);
+	PG_TRY();
+	{
+		if (ae_leases->loaded)
+		{
+			last_round();
+			flush_leases();
+		}
+	}
+	PG_CATCH();
+	{
+		/* A second SIGTERM, or a failure: keeper_exit() writes what it can. */
+		FlushErrorState();
+		LWLockReleaseAll();
+		AbortOutOfAnyTransaction();
+	}
+	PG_END_TRY();
+	/* Written or not, it was tried: keeper_exit() has nothing to add. */
+	stop_flushed = true;
+	ereport(FATAL,
+			(errcode(ERRCODE_ADMIN_SHUTDOWN),
+			 errmsg("terminating anthropic_env lease keeper due to administrator command")));
+}
 
 static void
 write_unanswered(void *arg)
@@ -907,9 +1120,10 @@ write_unanswered(void *arg)
 }
 
 /*
- * SIGTERM ends the keeper at once, possibly while beats are in flight that
- * the server applies after we are gone, or before a failed beat was
- * flushed.  A clean restart must not read that as another worker's beat:
+ * An exit other than through keeper_stop() (an error, a second SIGTERM in
+ * the last round) may leave beats in flight that the server applies after
+ * we are gone, or a failed beat not flushed.  A clean restart must not
+ * read that as another worker's beat:
  * every such lease is recorded as beat_unanswered, so that load_held()
  * reconciles the 412 its next beat meets.  Runs before ShutdownPostgres,
  * outside any transaction of ours (an interrupted one is aborted first).
@@ -920,7 +1134,7 @@ keeper_exit(int code, Datum arg)
 	List	   *ids = NIL;
 	int			i;
 
-	if (ae_leases == NULL || !ae_leases->loaded)
+	if (ae_leases == NULL || !ae_leases->loaded || stop_flushed)
 		return;
 	LWLockReleaseAll();
 	AbortOutOfAnyTransaction();
@@ -956,22 +1170,33 @@ typedef struct Taken
 	Served	   *env;
 	AeLease		lease;
 	bool		polled;			/* a poll returned it */
-	bool		stored;			/* acked, and its row and secret stored */
+	bool		stored;			/* its row and secret stored (at the poll) */
 	bool		ok;				/* acked and its lease claimed */
 	bool		pending;		/* acked, the claim's answer lost: it may hold */
+	bool		ack_pending;	/* stored at the poll, the ack's answer lost */
 	TimestampTz claimed_at;		/* when the lease was claimed */
 } Taken;
 
+typedef enum StoreStage
+{
+	STORE_POLLED,				/* before the ack */
+	STORE_ACKED,				/* before the NO_HEARTBEAT claim */
+	STORE_CLAIMED
+} StoreStage;
+
 /*
- * Writes an item's row and secret: at the ack with no heartbeat (the claim
- * is not confirmed yet), after the claim with its heartbeat.
+ * Writes an item's row and secret: at the poll, before the ack (so that an
+ * ack whose answer a shutdown cuts off is sent again, not forgotten), at
+ * the ack with no heartbeat (the claim is not confirmed yet), after the
+ * claim with its heartbeat.
  */
 static void
-store_one(Taken *t, bool claimed)
+store_one(Taken *t, StoreStage stage)
 {
-	Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, BOOLOID};
-	Datum		v[7];
-	char		n[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	bool		claimed = (stage == STORE_CLAIMED);
+	Oid			types[8] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, BOOLOID, BOOLOID};
+	Datum		v[8];
+	char		n[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	Jsonb	   *md = ae_jsonb_member(t->raw, "metadata");
 	const char *secret = aej_string(t->item, "secret");
 
@@ -986,14 +1211,16 @@ store_one(Taken *t, bool claimed)
 	v[5] = text_datum(t->lease.last_heartbeat);
 	n[5] = claimed ? ' ' : 'n';
 	v[6] = BoolGetDatum(t->lease.healthcheck);
+	v[7] = BoolGetDatum(stage == STORE_POLLED);
 	if (SPI_execute_with_args("INSERT INTO anthropic.held_work (work_id, environment_id, data_type, data_id, "
 							  "metadata, state, last_heartbeat, ttl_seconds, taken_at, last_beat_at, "
-							  "lease_expires_at, healthcheck, beat_unanswered) VALUES ($1, $2, $3, $4, $5, "
-							  "'ready', $6, 120, now(), now(), now(), $7, $6 IS NULL) ON CONFLICT (work_id) "
+							  "lease_expires_at, healthcheck, beat_unanswered, ack_unanswered) VALUES ($1, $2, "
+							  "$3, $4, $5, 'ready', $6, 120, now(), now(), now(), $7, $6 IS NULL, $8) "
+							  "ON CONFLICT (work_id) "
 							  "DO UPDATE SET state = 'ready', last_heartbeat = EXCLUDED.last_heartbeat, "
-							  "beat_unanswered = EXCLUDED.beat_unanswered, "
+							  "beat_unanswered = EXCLUDED.beat_unanswered, ack_unanswered = EXCLUDED.ack_unanswered, "
 							  "taken_at = now(), done_at = NULL, stop_sent_at = NULL, error = NULL",
-							  7, types, v, n, false, 0) != SPI_OK_INSERT)
+							  8, types, v, n, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into anthropic.held_work");
 	if (secret)
 	{
@@ -1010,14 +1237,21 @@ store_one(Taken *t, bool claimed)
 }
 
 /*
- * Stored right after the ack, before the NO_HEARTBEAT claim: a shutdown
- * while the claim is in flight then leaves a row that a restart reads back
- * and claims again, instead of an acked item nobody knows of.
+ * Stored at the poll, before the ack, and again right after the ack,
+ * before the NO_HEARTBEAT claim: a shutdown while either is in flight then
+ * leaves a row that a restart reads back and acks or claims again, instead
+ * of an acked item nobody knows of.
  */
+static void
+store_polled(void *arg)
+{
+	store_one((Taken *) arg, STORE_POLLED);
+}
+
 static void
 store_acked(void *arg)
 {
-	store_one((Taken *) arg, false);
+	store_one((Taken *) arg, STORE_ACKED);
 }
 
 /* After the round: claimed items get their heartbeat, dropped ones go. */
@@ -1032,8 +1266,8 @@ store_taken(void *arg)
 		Taken	   *t = lfirst(lc);
 
 		if (t->ok)
-			store_one(t, true);
-		else if (t->stored && !t->pending)
+			store_one(t, STORE_CLAIMED);
+		else if (t->stored && !t->pending && !t->ack_pending)
 		{
 			Oid			tt[1] = {TEXTOID};
 			Datum		v[1];
@@ -1108,6 +1342,9 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			if (t->lease.work_id[0] == '\0')
 				return NULL;
 			t->polled = true;
+			t->stored = in_xact(store_polled, t, psprintf("store the polled work item \"%s\"", t->lease.work_id));
+			if (!t->stored)
+				return NULL;
 			memset(next, 0, sizeof(AeCall));
 			next->endpoint = AE_WORK_ACK;
 			next->args[0] = t->lease.environment_id;
@@ -1117,12 +1354,20 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			if (o->error)
 			{
 				env_failed(s, o->error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
+				/* The server may have applied it: the keeper acks it again. */
+				t->ack_pending = o->status == 0 || ae_retry_may_have_acted(AE_END_ANSWER, o->status);
 				return NULL;
 			}
-			/* Only an acked item gets its lease claimed, and only once stored. */
-			t->stored = in_xact(store_acked, t, psprintf("store the acked work item \"%s\"", t->lease.work_id));
-			if (!t->stored)
+			/*
+			 * Only an acked item gets its lease claimed, and only once
+			 * stored as acked; else its row still says the ack is owed,
+			 * and the keeper acks it again (the 409 is reconciled).
+			 */
+			if (!in_xact(store_acked, t, psprintf("store the acked work item \"%s\"", t->lease.work_id)))
+			{
+				t->ack_pending = true;
 				return NULL;
+			}
 			memset(next, 0, sizeof(AeCall));
 			next->endpoint = AE_WORK_HEARTBEAT;
 			next->args[0] = t->lease.environment_id;
@@ -1156,9 +1401,10 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 }
 
 /*
- * After the poller alone restarted: rows it stored at an ack whose claim
- * was in flight when it went are held again (a server restart's
- * load_held() has read them already), their claim sent again by the keeper.
+ * After the poller alone restarted: rows it stored at a poll or an ack
+ * whose ack or claim was in flight when it went are held again (a server
+ * restart's load_held() has read them already), their ack and claim sent
+ * again by the keeper.
  */
 static void
 adopt_unconfirmed(void *arg)
@@ -1166,7 +1412,8 @@ adopt_unconfirmed(void *arg)
 	int			i;
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (SPI_execute("SELECT h.work_id, h.environment_id, h.data_type, h.data_id, h.healthcheck "
+	if (SPI_execute("SELECT h.work_id, h.environment_id, h.data_type, h.data_id, h.healthcheck, "
+					"h.ack_unanswered "
 					"FROM anthropic.held_work h JOIN anthropic.work_secrets s USING (work_id) "
 					"WHERE h.last_heartbeat IS NULL AND h.state = 'ready'", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read anthropic.held_work");
@@ -1186,6 +1433,7 @@ adopt_unconfirmed(void *arg)
 		l->ttl_seconds = 120;
 		l->taken_at = l->last_beat_at = l->next_beat_at = now;
 		l->beat_maybe_acted = true;
+		l->unacked = col(i, 6) && strcmp(col(i, 6), "t") == 0;
 		l->state = AE_LEASE_READY;
 		l->dirty = true;
 	}
@@ -1342,12 +1590,12 @@ poller_round(void)
 	{
 		Taken	   *t = lfirst(lc);
 
-		if (!(t->ok || t->pending) || ae_lease_find(t->lease.work_id) != NULL)
+		if (!(t->ok || t->pending || t->ack_pending) || ae_lease_find(t->lease.work_id) != NULL)
 			continue;
 		if (nfree > 0)
 			nfree--;
 		else
-			t->ok = t->pending = false;
+			t->ok = t->pending = t->ack_pending = false;
 	}
 	LWLockRelease(ae_leases->lock);
 	if (!in_xact(store_taken, taken, "store the items it took"))
@@ -1360,7 +1608,7 @@ poller_round(void)
 		Taken	   *t = lfirst(lc);
 		AeLease    *l;
 
-		if (!(t->ok || t->pending))
+		if (!(t->ok || t->pending || t->ack_pending))
 			continue;
 		l = ae_lease_find(t->lease.work_id);
 		if (l == NULL)
@@ -1368,7 +1616,7 @@ poller_round(void)
 		if (l == NULL)
 			continue;			/* not reached: slots were counted above */
 		*l = t->lease;
-		if (t->pending)
+		if (t->pending || t->ack_pending)
 		{
 			/*
 			 * Held with no heartbeat: no session can claim it until the
@@ -1385,6 +1633,7 @@ poller_round(void)
 			l->lease_expires_at = 0;
 			l->next_beat_at = now2;
 			l->beat_maybe_acted = true;
+			l->unacked = t->ack_pending;
 			l->dirty = true;
 			continue;
 		}
@@ -1405,6 +1654,34 @@ poller_round(void)
 
 /* ------------------------------------------------------------------ main */
 
+/* One turn of the keeper's loop; returns how long to sleep. */
+static long
+keeper_turn(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile long sleep_ms = 0;
+
+	PG_TRY();
+	{
+		reap_dead_sessions();
+		sleep_ms = keeper_round();
+		flush_leases();
+	}
+	PG_CATCH();
+	{
+		/* The cancel of keeper_sigterm(): keeper_stop() follows. */
+		if (!keeper_stopping)
+			PG_RE_THROW();
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		LWLockReleaseAll();
+		AbortOutOfAnyTransaction();
+		sleep_ms = 0;
+	}
+	PG_END_TRY();
+	return sleep_ms;
+}
+
 void
 ae_keeper_main(Datum arg)
 {
@@ -1416,9 +1693,16 @@ ae_keeper_main(Datum arg)
 	bool		adopted = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, role == ROLE_KEEPER ? keeper_sigterm : die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(ae_sync_database, NULL, 0);
+
+	/*
+	 * A table lock on the keeper's tables (VACUUM FULL, LOCK TABLE) must
+	 * not hold the beats, nor the exit, for longer than this: the write
+	 * fails with a WARNING and is made again at a later round.
+	 */
+	SetConfigOption("lock_timeout", "500", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname(role == ROLE_KEEPER ? "anthropic_env lease keeper" : "anthropic_env work poller");
 
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
@@ -1442,6 +1726,8 @@ ae_keeper_main(Datum arg)
 		long		sleep_ms = 1000;
 		TimestampTz now;
 
+		if (keeper_stopping)
+			keeper_stop();
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -1474,9 +1760,7 @@ ae_keeper_main(Datum arg)
 				sleep_ms = 1000;
 				goto wait;
 			}
-			reap_dead_sessions();
-			sleep_ms = keeper_round();
-			flush_leases();
+			sleep_ms = keeper_turn();
 		}
 		else
 		{

@@ -8,6 +8,8 @@
 # transaction is rolled back, the item was claimed by a session that is
 # gone, so it must be ready again with its lease held.  Against the fake
 # with an 8 s TTL (beats every 4 s).
+# Fixed: work_finish() now writes anthropic.finished_work and locks no
+# held_work row.
 use strict;
 use warnings;
 

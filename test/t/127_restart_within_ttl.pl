@@ -6,6 +6,8 @@
 # 6.5 s, starting 4 s after the last beat.  The restart is shorter than the
 # TTL by over 3 s, yet the item is lost.  (A last round of beats on
 # SIGTERM, which fits in the 1 s a SIGTERM may take, would keep it.)
+# Fixed: on SIGTERM the keeper sends a last round of beats, and after a
+# restart the first beat, not the local clock, decides.
 use strict;
 use warnings;
 
@@ -76,6 +78,22 @@ my @b = grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$});
 my $ext = @b && $b[0]{status} == 200 ? 'extended' : 'none';
 is($ext, 'extended', 'its lease was extended by the first beat after the restart');
 is(sq("SELECT count(*) FROM anthropic.work_claim('$env', '2s')"), '1', 'a session can take it');
+
+# The last round is bounded: with every beat held 3 s by the server, a
+# SIGTERM still ends the keeper within 1 s, and logs no failed write.
+is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready', 3), 'ready', 'held again');
+$fake->fault({ method => 'POST', path_regex => "/work/$w/heartbeat\$", delay_ms => 3000, times => -1 });
+my $kpid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'anthropic_env keeper'});
+my $logpos = -s $node->logfile;
+my $t_term = time;
+sq("SELECT pg_terminate_backend($kpid)");
+ok(wait_for(sub { sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid") eq '0' }, 3), 'the keeper ends');
+my $took = time - $t_term;
+cmp_ok($took, '<', 1.0, sprintf('within 1 s of SIGTERM though the server holds every beat (%.0f ms)', $took * 1000));
+my $tail = substr(slurp_file($node->logfile), $logpos);
+unlike($tail, qr/WARNING:  anthropic_env lease keeper could not/, 'and logs no failed write on its way out');
+like($tail, qr/terminating anthropic_env lease keeper due to administrator command/, 'but says why it ended');
+$fake->clear_faults;
 
 $node->stop;
 done_testing();

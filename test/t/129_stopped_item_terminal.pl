@@ -7,6 +7,8 @@
 # work_secrets for good; the view keeps saying the keeper still has to
 # stop it.  (The slot leak itself needs 10 minutes to observe; this test
 # checks the state it follows from.)  Against the fake with an 8 s TTL.
+# Fixed: once force-stopped, the item is finished (done_at set) and goes
+# after the horizon.
 use strict;
 use warnings;
 
