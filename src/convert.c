@@ -15,12 +15,13 @@
  * only), and the cost is jsonb_in's, linear in the text.  The
  * API layer's checks and the typed columns read a jansson view of that
  * jsonb made by ae_jsonb_to_json().  For a caller that keeps raw the view
- * is shallow: a "metadata" object of more than AE_VIEW_MAX_PAIRS members,
- * and every container deeper than a record's config or data, is left empty
- * in it.  The jsonb columns come from raw, and building jansson's values
- * for them cost more than jsonb_in itself (three times as much for an
- * answer of millions of small nested arrays).  The view checks for
- * interrupts per 4,096 tokens of the whole walk.
+ * is shallow: of a record's containers it holds only what a check or a
+ * typed column reads (config's "type", a work item's data "type" and
+ * "id"; see shallow_member()).  The jsonb columns come from raw, and
+ * building jansson's values for them cost more than jsonb_in itself (three
+ * to seven times as much for a config of 100,000 numbers, or of millions of
+ * small nested arrays).  The view checks for interrupts per 4,096 tokens
+ * of the whole walk.
  * A value built here from a parsed tree (an answer the API layer made up
  * while reconciling a repeated call) sorts keys with qsort.
  *
@@ -45,16 +46,6 @@
 #include "convert.h"
 #include "jsonbuild.h"
 
-/* Larger metadata objects are empty in a shallow jansson view. */
-#define AE_VIEW_MAX_PAIRS 256
-
-/*
- * A shallow view holds containers down to this depth: a page (1), its
- * data (2), a record (3), the record's config or data (4), whose scalars
- * are the deepest thing a check or a typed column reads.  Deeper ones are
- * empty, of their own type.
- */
-#define AE_VIEW_SHALLOW_DEPTH 4
 
 /* Deeper answers are refused, as jansson's own parser refused them. */
 #define AE_VIEW_MAX_DEPTH 2048
@@ -280,11 +271,14 @@ ae_answer_to_jsonb(const char *utf8, size_t len, const char **why)
 		FlushErrorState();
 		/*
 		 * A syntax error's detail quotes the answer's text (a work item's
-		 * secret, say) and stays out; a character jsonb cannot hold is named
-		 * by its code or bytes only.
+		 * secret, say) and stays out.  Valid JSON that jsonb cannot hold (a
+		 * character the database lacks, a number beyond numeric, a value
+		 * beyond jsonb's size) is named by its code, bytes or limit only.
 		 */
 		if (edata->sqlerrcode == ERRCODE_UNTRANSLATABLE_CHARACTER ||
-			edata->sqlerrcode == ERRCODE_CHARACTER_NOT_IN_REPERTOIRE)
+			edata->sqlerrcode == ERRCODE_CHARACTER_NOT_IN_REPERTOIRE ||
+			edata->sqlerrcode == ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE ||
+			edata->sqlerrcode == ERRCODE_PROGRAM_LIMIT_EXCEEDED)
 			*why = psprintf("The answer cannot be stored as jsonb: %s%s%s", edata->message,
 							edata->detail ? ": " : ".", edata->detail ? edata->detail : "");
 		else
@@ -343,6 +337,7 @@ numeric_prints_short(Numeric n)
 	static Numeric smallest = NULL;
 	static Numeric zero = NULL;
 	Datum		a;
+	bool		short_enough;
 
 	if (largest == NULL)
 	{
@@ -352,9 +347,13 @@ numeric_prints_short(Numeric n)
 	}
 	a = OidFunctionCall1(F_NUMERIC_ABS, NumericGetDatum(n));
 	if (DatumGetInt32(OidFunctionCall2(F_NUMERIC_CMP, a, NumericGetDatum(zero))) == 0)
-		return true;
-	return DatumGetInt32(OidFunctionCall2(F_NUMERIC_CMP, a, NumericGetDatum(largest))) <= 0 &&
-		DatumGetInt32(OidFunctionCall2(F_NUMERIC_CMP, a, NumericGetDatum(smallest))) >= 0;
+		short_enough = true;
+	else
+		short_enough = DatumGetInt32(OidFunctionCall2(F_NUMERIC_CMP, a, NumericGetDatum(largest))) <= 0 &&
+			DatumGetInt32(OidFunctionCall2(F_NUMERIC_CMP, a, NumericGetDatum(smallest))) >= 0;
+	/* Millions of numbers in one answer: their copies go at once. */
+	pfree(DatumGetPointer(a));
+	return short_enough;
 }
 
 static json_t *
@@ -401,25 +400,67 @@ scalar_to_json(ViewState *vs, JsonbValue *v, int depth)
 					errno = 0;
 					i = strtoll(t, &end, 10);
 					if (errno == 0 && *end == '\0')
+					{
+						pfree(t);
 						return json_integer((json_int_t) i);
+					}
 				}
 				/* As jansson would read it; 0 where a double cannot hold it. */
 				errno = 0;
 				d = strtod(t, NULL);
 				if (errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL))
 					d = 0;
+				pfree(t);
 				return json_real(d);
 			}
 		case jbvBool:
 			return json_boolean(v->val.boolean);
 		case jbvBinary:
-			if (vs->shallow && depth >= AE_VIEW_SHALLOW_DEPTH)
-				return JsonContainerIsObject(v->val.binary.data) ? new_object() : json_pack("[]");
 			return container_to_json(vs, v->val.binary.data, depth + 1);
 		case jbvNull:
 		default:
 			return json_null();
 	}
+}
+
+static json_t *
+empty_like(JsonbContainer *c)
+{
+	return JsonContainerIsObject(c) ? new_object() : json_pack("[]");
+}
+
+/*
+ * A member of a record in a shallow view: what a check or a typed column
+ * reads of it, no more.  An object keeps only its "type" and "id" (config's
+ * type, a work item's data), a container among them left empty; metadata
+ * is read from raw and is empty here; an array is empty, but for a page's
+ * "data", whose records are viewed the same way.
+ */
+static json_t *
+shallow_member(ViewState *vs, const char *key, JsonbContainer *c, int depth)
+{
+	static const char *const kept[] = {"type", "id"};
+	json_t	   *out;
+	int			i;
+
+	if (!JsonContainerIsObject(c))
+		return strcmp(key, "data") == 0 ? container_to_json(vs, c, depth + 1) : json_pack("[]");
+	out = new_object();
+	if (out == NULL || strcmp(key, "metadata") == 0)
+		return out;
+	for (i = 0; i < (int) lengthof(kept); i++)
+	{
+		JsonbValue	buf;
+		JsonbValue *v = getKeyJsonValueFromContainer(c, kept[i], strlen(kept[i]), &buf);
+		json_t	   *item;
+
+		if (v == NULL)
+			continue;
+		item = v->type == jbvBinary ? empty_like(v->val.binary.data) : scalar_to_json(vs, v, depth + 1);
+		if (item == NULL || json_object_set_new_nocheck(out, kept[i], item) != 0)
+			return NULL;
+	}
+	return out;
 }
 
 static json_t *
@@ -458,10 +499,8 @@ container_to_json(ViewState *vs, JsonbContainer *c, int depth)
 					key = pg_server_to_any(key, (int) strlen(key), PG_UTF8);
 				break;
 			case WJB_VALUE:
-				if (vs->shallow && v.type == jbvBinary && strcmp(key, "metadata") == 0 &&
-					JsonContainerIsObject(v.val.binary.data) &&
-					JsonContainerSize(v.val.binary.data) > AE_VIEW_MAX_PAIRS)
-					item = new_object();
+				if (vs->shallow && v.type == jbvBinary)
+					item = shallow_member(vs, key, v.val.binary.data, depth);
 				else
 					item = scalar_to_json(vs, &v, depth);
 				if (item == NULL || json_object_set_new_nocheck(out, key, item) != 0)

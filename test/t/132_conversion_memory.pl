@@ -48,6 +48,7 @@ for my $id (sort keys %shapes)
 	  $node->safe_psql('postgres', "SELECT pg_column_size(t::jsonb) FROM t_text WHERE id = '$id'; SELECT t_hwm()");
 	is($size_call, $size_jin, "$id: raw has jsonb_in's size ($size_jin bytes)");
 	my ($c, $j) = ($hwm_call - $base, $hwm_jin - $base);
+	diag(sprintf('%s (%d bytes): peak %d MB against jsonb_in %d MB', $id, length $text, $c / 1024, $j / 1024));
 	cmp_ok($c, '<=', 2 * $j, sprintf('%s (%d bytes): env_get peaks at most at 2 x jsonb_in (%d MB vs %d MB above a fresh backend, %.1f x)',
 		$id, length $text, $c / 1024, $j / 1024, $c / $j));
 }
