@@ -1,0 +1,83 @@
+# Review 14b: a second SIGTERM while keeper_stop()'s last round is in flight.
+# The last round's beat reaches the server (which applies it), the second
+# SIGTERM cancels the wait, keeper_stop()'s PG_CATCH sets stop_flushed and
+# FATALs, so keeper_exit() records nothing: the lease keeps its old
+# last_heartbeat and beat_maybe_acted is never set.  The restarted keeper's
+# next beat meets the heartbeat the last round set (412) and, with nothing
+# telling it that beat was its own, drops the item as lost.
+use strict;
+use warnings;
+
+use FakeApi;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $ttl = 8;
+my $fake = FakeApi->start;
+END { local $?; $fake->stop if $fake; }
+$fake->call('POST', '/_fake/lease', { ttl_seconds => $ttl });
+my $node = $fake->new_node('secondterm',
+	conf => "anthropic.sync_database = 'postgres'\nanthropic.sync_interval = '1h'\n");
+
+sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
+sub poll_until { return FakeApi::poll_until($node, @_); }
+sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
+
+sub wait_for
+{
+	my ($cond, $seconds) = @_;
+	my $deadline = time + $seconds;
+	while (time < $deadline)
+	{
+		return 1 if $cond->();
+		usleep(20_000);
+	}
+	return 0;
+}
+
+sub keeper_pid { return sq(q{SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE backend_type = 'anthropic_env keeper'}); }
+
+like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
+	qr/^2$/, 'the keeper and the poller run');
+
+my $env = sq(q{SELECT id FROM anthropic.env_create('{"name": "second-term", "config": {"type": "self_hosted"}}')});
+sq("SELECT anthropic.serve('$env')");
+my $w = $fake->call('POST', "/_fake/environments/$env/work", {})->{id};
+is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s')"), $w, 'the item is taken');
+is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready', 3), 'ready', 'and ready again, held');
+
+# Right after a beat is answered the keeper is idle, no beat in flight.
+$fake->clear_requests;
+ok(wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'a beat succeeds');
+usleep(300_000);
+
+# Every beat is answered 300 ms late: the last round's one is in flight when
+# the second SIGTERM comes, and the server applies it all the same.
+$fake->fault({ method => 'POST', path_regex => "/work/$w/heartbeat\$", delay_ms => 300, times => -1 });
+$fake->clear_requests;
+my $kpid = keeper_pid();
+my $logpos = -s $node->logfile;
+kill 'TERM', $kpid;
+ok(wait_for(sub { scalar reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 1), 'the last round sends a beat');
+usleep(80_000);
+kill 'TERM', $kpid;
+ok(wait_for(sub { sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid") eq '0' }, 3), 'the keeper ends');
+usleep(400_000);    # the held beat is carried out at the server
+$fake->clear_faults;
+
+# The postmaster starts the keeper again after 1 s; shared memory kept the lease.
+ok(wait_for(sub { my $p = keeper_pid(); $p ne '0' && $p ne $kpid }, 5), 'the keeper is back');
+$fake->clear_requests;
+ok(wait_for(sub { scalar grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'it beats again');
+usleep(500_000);
+my @b = map { $_->{status} } grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$});
+diag("beats after the restart: @b");
+is(sq("SELECT state || '|' || coalesce(error, '') FROM anthropic.leases WHERE work_id = '$w'"), 'ready|',
+	'the item is still held: the last round\'s beat was its own');
+my $tail = substr(slurp_file($node->logfile), $logpos);
+unlike($tail, qr/PANIC|TRAP|terminated by signal/, 'no crash');
+
+$node->stop;
+done_testing();
