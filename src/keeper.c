@@ -100,6 +100,7 @@ static bool claims_confirmed = false;	/* a round confirmed a NO_HEARTBEAT claim 
 /* Set by SIGTERM in the keeper; see keeper_sigterm(). */
 static volatile sig_atomic_t keeper_stopping = false;
 static bool stop_flushed = false;	/* keeper_stop() made its last write */
+static TimestampTz loaded_at = 0;	/* when load_held() read held_work */
 
 void
 ae_keeper_register(void)
@@ -402,12 +403,13 @@ load_held(void *arg)
 
 		/*
 		 * The server, not the local clock, says whether a lease survived
-		 * the time the server was down: the first beat decides, and the
-		 * TTL rule applies again from its outcome on.
+		 * the time the server was down: until a beat is answered, the TTL
+		 * rule counts from the restart.
 		 */
 		l->resumed = true;
 	}
 	ae_leases->loaded = true;
+	loaded_at = now;
 	LWLockRelease(ae_leases->lock);
 	ConditionVariableBroadcast(&ae_leases->ready_cv);
 }
@@ -713,6 +715,7 @@ apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
 	strlcpy_or_empty(l->remote_state, state, sizeof(l->remote_state));
 	l->dirty = true;
 	l->beat_maybe_acted = false;
+	l->resumed = false;
 	if (extended && hb)
 	{
 		strlcpy(l->last_heartbeat, hb, AE_HB_LEN);
@@ -825,7 +828,8 @@ static void
 apply_ack(AeLease *l, const AeCallOutcome *o, TimestampTz now)
 {
 	l->dirty = true;
-	if (o->error == NULL)
+	/* As in the poller: without an API key, the claim decides a 409. */
+	if (o->error == NULL || (o->status == 409 && ae_effective_api_key() == NULL))
 	{
 		l->unacked = false;
 		l->error[0] = '\0';
@@ -868,8 +872,9 @@ keeper_round(void)
 		{
 			case AE_LEASE_READY:
 			case AE_LEASE_CLAIMED:
-				if (l->last_beat_at != 0 && l->finishing_pid == 0 && !l->resumed &&
-					now > TimestampTzPlusMilliseconds(l->last_beat_at, (int64) l->ttl_seconds * 1000))
+				if (l->last_beat_at != 0 && l->finishing_pid == 0 &&
+					now > TimestampTzPlusMilliseconds(l->resumed ? Max(l->last_beat_at, loaded_at) :
+													  l->last_beat_at, (int64) l->ttl_seconds * 1000))
 				{
 					mark(l, AE_LEASE_LOST, "lease lost: no successful heartbeat for longer than the TTL");
 					lost = true;
@@ -973,7 +978,6 @@ send_acts(Act *acts, int n, int attempt_ms, TimestampTz now)
 			/* A claim, release or finish meanwhile changes nothing here. */
 			if (l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED)
 				apply_beat(l, &acts[i], &out[i], now);
-			l->resumed = false;
 		}
 		else if (acts[i].kind == ACT_ACK)
 		{
@@ -1082,17 +1086,20 @@ keeper_stop(void)
 			last_round();
 			flush_leases();
 		}
+		/* Written or not, it was tried: keeper_exit() has nothing to add. */
+		stop_flushed = true;
 	}
 	PG_CATCH();
 	{
-		/* A second SIGTERM, or a failure: keeper_exit() writes what it can. */
+		/*
+		 * A second SIGTERM, or a failure: the last round's beats may be in
+		 * flight, and keeper_exit() records them as unanswered.
+		 */
 		FlushErrorState();
 		LWLockReleaseAll();
 		AbortOutOfAnyTransaction();
 	}
 	PG_END_TRY();
-	/* Written or not, it was tried: keeper_exit() has nothing to add. */
-	stop_flushed = true;
 	ereport(FATAL,
 			(errcode(ERRCODE_ADMIN_SHUTDOWN),
 			 errmsg("terminating anthropic_env lease keeper due to administrator command")));
@@ -1351,7 +1358,12 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			next->args[1] = t->lease.work_id;
 			return next;
 		case AE_WORK_ACK:
-			if (o->error)
+			/*
+			 * A 409 that no re-fetch could check (there is no API key) may
+			 * be our own lost ack: the NO_HEARTBEAT claim decides whose
+			 * item it is.
+			 */
+			if (o->error && !(o->status == 409 && ae_effective_api_key() == NULL))
 			{
 				env_failed(s, o->error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
 				/* The server may have applied it: the keeper acks it again. */
@@ -1494,6 +1506,7 @@ poller_round(void)
 	ListCell   *lc;
 	int			nfree = 0;
 	bool		full = false;
+	bool		stored_ok;
 	PollRound	r;
 
 	LWLockAcquire(ae_leases->lock, LW_SHARED);
@@ -1598,10 +1611,14 @@ poller_round(void)
 			t->ok = t->pending = t->ack_pending = false;
 	}
 	LWLockRelease(ae_leases->lock);
-	if (!in_xact(store_taken, taken, "store the items it took"))
-		return 1000;
+	/*
+	 * Their rows and secrets were stored at the poll and the ack: even when
+	 * this last write fails, the items are held, and the keeper's flush
+	 * writes their heartbeats.
+	 */
+	stored_ok = in_xact(store_taken, taken, "store the items it took");
 
-	/* Stored and committed: now sessions may claim them. */
+	/* Stored: now sessions may claim them. */
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 	foreach(lc, taken)
 	{
@@ -1649,7 +1666,7 @@ poller_round(void)
 	LWLockRelease(ae_leases->lock);
 	ConditionVariableBroadcast(&ae_leases->ready_cv);
 	ae_leases_wake_keeper();
-	return 0;
+	return stored_ok ? 0 : 1000;
 }
 
 /* ------------------------------------------------------------------ main */

@@ -5,6 +5,7 @@
 # last_heartbeat and beat_maybe_acted is never set.  The restarted keeper's
 # next beat meets the heartbeat the last round set (412) and, with nothing
 # telling it that beat was its own, drops the item as lost.
+# Fixed: keeper_exit() records the last round's beats as unanswered.
 use strict;
 use warnings;
 

@@ -6,6 +6,7 @@
 # last_beat_at + TTL, and the first beat after the restart meets one 503:
 # the next round's local TTL rule then drops a lease the server still runs
 # (the second beat would reconcile the 412 of the lost last-round beat).
+# Fixed: until a beat is answered, the TTL rule counts from the restart.
 use strict;
 use warnings;
 

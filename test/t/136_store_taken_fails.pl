@@ -6,6 +6,7 @@
 # a session, and its held_work row and secret stay behind (adopt_unconfirmed
 # runs only when the poller starts).  Expected: the item is held (shown in
 # anthropic.leases, claimable) once the lock is gone.
+# Fixed: the items are held even when that last write fails.
 use strict;
 use warnings;
 

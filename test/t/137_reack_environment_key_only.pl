@@ -8,6 +8,7 @@
 # no lease, and the database holds nothing: the item is lost.  The
 # NO_HEARTBEAT claim, which the environment key opens, would tell whose ack
 # it was.
+# Fixed: without an API key the NO_HEARTBEAT claim decides a 409.
 use strict;
 use warnings;
 
