@@ -143,7 +143,8 @@ try_claim(const char *environment_id, const char *consumer, AeLease *copy)
 		AeLease    *l = &ae_leases->leases[i];
 
 		/* No heartbeat yet: its NO_HEARTBEAT claim is not confirmed. */
-		if (l->state == AE_LEASE_READY && !l->healthcheck && l->last_heartbeat[0] != '\0' &&
+		/* Read back after a restart: not offered until a beat is answered. */
+		if (l->state == AE_LEASE_READY && !l->healthcheck && l->last_heartbeat[0] != '\0' && !l->resumed &&
 			strcmp(l->environment_id, environment_id) == 0 &&
 			(best == NULL || l->taken_at < best->taken_at))
 			best = l;

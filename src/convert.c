@@ -725,6 +725,7 @@ put_jsonb_from_raw(Jsonb *raw, const char *key, Datum *value, bool *isnull)
 	*isnull = (v == NULL);
 	if (v)
 		*value = JsonbPGetDatum(v);
+	CHECK_FOR_INTERRUPTS();
 }
 
 static void
@@ -762,6 +763,8 @@ ae_environment_tuple(TupleDesc desc, json_t *obj, Jsonb *raw)
 	put_time(obj, "archived_at", &values[9], &nulls[9]);
 	values[10] = JsonbPGetDatum(raw);
 	nulls[10] = false;
+	/* Each copy of a large answer takes tens of ms: look between them. */
+	CHECK_FOR_INTERRUPTS();
 	return heap_form_tuple(desc, values, nulls);
 }
 
@@ -795,6 +798,7 @@ ae_work_tuple(TupleDesc desc, json_t *obj, Jsonb *raw)
 	put_text(obj, "secret", &values[12], &nulls[12]);
 	values[13] = JsonbPGetDatum(raw);
 	nulls[13] = false;
+	CHECK_FOR_INTERRUPTS();
 	return heap_form_tuple(desc, values, nulls);
 }
 

@@ -550,5 +550,7 @@ ae_parse_jsonb(char *text, size_t len)
 	MemoryContextSwitchTo(outcxt);
 	result = write_jsonb(&st, len);
 	MemoryContextDelete(treecxt);
+	/* Freeing hundreds of MB takes a while too. */
+	CHECK_FOR_INTERRUPTS();
 	return result;
 }

@@ -100,7 +100,6 @@ static bool claims_confirmed = false;	/* a round confirmed a NO_HEARTBEAT claim 
 /* Set by SIGTERM in the keeper; see keeper_sigterm(). */
 static volatile sig_atomic_t keeper_stopping = false;
 static bool stop_flushed = false;	/* keeper_stop() made its last write */
-static TimestampTz loaded_at = 0;	/* when load_held() read held_work */
 
 void
 ae_keeper_register(void)
@@ -409,7 +408,7 @@ load_held(void *arg)
 		l->resumed = true;
 	}
 	ae_leases->loaded = true;
-	loaded_at = now;
+	ae_leases->loaded_at = now;
 	LWLockRelease(ae_leases->lock);
 	ConditionVariableBroadcast(&ae_leases->ready_cv);
 }
@@ -545,8 +544,9 @@ persist(void *arg)
 /*
  * Writes every dirty lease, forgets terminal ones older than
  * AE_TERMINAL_KEEP_MS, and sends the NOTIFYs owed, in one transaction.
+ * Returns whether that transaction committed (or had nothing to do).
  */
-static void
+static bool
 flush_leases(void)
 {
 	PersistWork w = {0};
@@ -588,7 +588,7 @@ flush_leases(void)
 	}
 	LWLockRelease(ae_leases->lock);
 	if (w.nrows + w.ngone + w.nnotify == 0)
-		return;
+		return true;
 	ok = in_xact(persist, &w, "record its leases");
 	if (!ok)
 	{
@@ -619,6 +619,7 @@ flush_leases(void)
 			l->state = AE_LEASE_FREE;
 	}
 	LWLockRelease(ae_leases->lock);
+	return ok;
 }
 
 /* ----------------------------------------------------------------- keeper */
@@ -831,6 +832,8 @@ apply_ack(AeLease *l, const AeCallOutcome *o, TimestampTz now)
 	/* As in the poller: without an API key, the claim decides a 409. */
 	if (o->error == NULL || (o->status == 409 && ae_effective_api_key() == NULL))
 	{
+		/* No claim was sent yet: its 412 would be another worker's. */
+		l->beat_maybe_acted = false;
 		l->unacked = false;
 		l->error[0] = '\0';
 		l->next_beat_at = now;
@@ -873,7 +876,7 @@ keeper_round(void)
 			case AE_LEASE_READY:
 			case AE_LEASE_CLAIMED:
 				if (l->last_beat_at != 0 && l->finishing_pid == 0 &&
-					now > TimestampTzPlusMilliseconds(l->resumed ? Max(l->last_beat_at, loaded_at) :
+					now > TimestampTzPlusMilliseconds(l->resumed ? Max(l->last_beat_at, ae_leases->loaded_at) :
 													  l->last_beat_at, (int64) l->ttl_seconds * 1000))
 				{
 					mark(l, AE_LEASE_LOST, "lease lost: no successful heartbeat for longer than the TTL");
@@ -1028,12 +1031,13 @@ act_older(const void *a, const void *b)
  * most AE_LAST_ROUND_MS keeps the exit within a second; leases beyond it
  * keep the lease their last beat gave.  Nothing is stopped.
  */
-static void
+static List *
 last_round(void)
 {
 	Act		   *acts = palloc(sizeof(Act) * AE_MAX_LEASES);
 	int			n = 0;
 	int			i;
+	List	   *beaten = NIL;
 
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 	for (i = 0; i < AE_MAX_LEASES; i++)
@@ -1046,9 +1050,13 @@ last_round(void)
 	}
 	LWLockRelease(ae_leases->lock);
 	if (n == 0)
-		return;
+		return NIL;
 	qsort(acts, n, sizeof(Act), act_older);
-	send_acts(acts, Min(n, AE_MAX_CONCURRENCY), AE_LAST_ROUND_MS, GetCurrentTimestamp());
+	n = Min(n, AE_MAX_CONCURRENCY);
+	send_acts(acts, n, AE_LAST_ROUND_MS, GetCurrentTimestamp());
+	for (i = 0; i < n; i++)
+		beaten = lappend(beaten, acts[i].work_id);
+	return beaten;
 }
 
 /*
@@ -1077,17 +1085,37 @@ keeper_stop(void)
 	LWLockRelease(ae_leases->lock);
 	ninflight = 0;
 	inflight = NULL;
-	/* The last round's 0.5 s and this wait for a lock fit in the second. */
-	SetConfigOption("lock_timeout", "300", PGC_SUSET, PGC_S_OVERRIDE);
+	/* The last round's 0.5 s and two waits for a lock fit in the second. */
+	SetConfigOption("lock_timeout", "200", PGC_SUSET, PGC_S_OVERRIDE);
 	PG_TRY();
 	{
 		if (ae_leases->loaded)
 		{
-			last_round();
-			flush_leases();
+			List	   *beaten = last_round();
+
+			stop_flushed = flush_leases();
+
+			/*
+			 * A beat answered but not recorded is, to the restart, a beat
+			 * that may have acted: keeper_exit() writes that much.
+			 */
+			if (!stop_flushed)
+			{
+				ListCell   *lc;
+
+				LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
+				foreach(lc, beaten)
+				{
+					AeLease    *l = ae_lease_find(lfirst(lc));
+
+					if (l && (l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
+						l->beat_maybe_acted = true;
+				}
+				LWLockRelease(ae_leases->lock);
+			}
 		}
-		/* Written or not, it was tried: keeper_exit() has nothing to add. */
-		stop_flushed = true;
+		else
+			stop_flushed = true;
 	}
 	PG_CATCH();
 	{
@@ -1682,7 +1710,7 @@ keeper_turn(void)
 	{
 		reap_dead_sessions();
 		sleep_ms = keeper_round();
-		flush_leases();
+		(void) flush_leases();
 	}
 	PG_CATCH();
 	{

@@ -76,6 +76,7 @@ typedef struct AeLeaseTable
 	LWLock	   *lock;
 	ConditionVariable ready_cv; /* broadcast when an item becomes ready */
 	bool		loaded;			/* held_work was read since the server started */
+	TimestampTz loaded_at;		/* when it was read */
 	int			keeper_pid;
 	int			keeper_procno;	/* -1: no keeper */
 	int			poller_procno;	/* -1: no poller */
