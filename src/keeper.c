@@ -1139,6 +1139,13 @@ write_unanswered(void *arg)
 	List	   *ids = arg;
 	ListCell   *lc;
 
+	/*
+	 * On the way out no lock_timeout works (proc_exit ignores the cancel it
+	 * sends): a table lock on held_work must fail this at once, not hold
+	 * the exit for good.
+	 */
+	if (SPI_execute("LOCK TABLE anthropic.held_work IN ROW EXCLUSIVE MODE NOWAIT", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock anthropic.held_work");
 	foreach(lc, ids)
 	{
 		Oid			t[1] = {TEXTOID};

@@ -7,6 +7,7 @@
 # success: the item is held here, offered to sessions, while another worker
 # holds it.  Here our acks never reach the server (503), another worker acks
 # and claims the item, then our keeper's ack gets through (409).
+# Fixed: the re-ack sent no claim, so the claim's 412 is another worker's.
 use strict;
 use warnings;
 
@@ -85,8 +86,9 @@ my ($s2, $c2) = foreign("/v1/environments/$env/work/$w/heartbeat?expected_last_h
 is("$s1 $s2", '200 200', 'another worker acks and claims the item');
 my $hb = eval { decode_json($c2)->{last_heartbeat} } // '';
 
-ok(wait_for(sub { scalar grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 4), 'our keeper sends its claim');
-usleep(500_000);
+# The other worker's claim is one heartbeat; ours is the next.
+ok(wait_for(sub { (grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$})) >= 2 }, 6), 'our keeper sends its claim');
+poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'lost', 3);
 my @r = map { "$_->{method} $_->{path} " . ($_->{status} // '-') } grep { $_->{path} =~ /\Q$w\E/ } @{ $fake->requests };
 diag(join("\n", @r));
 isnt(sq("SELECT state FROM anthropic.leases WHERE work_id = '$w'"), 'ready',

@@ -4,6 +4,7 @@
 # (Max(last_beat_at, loaded_at)): while the first beats fail (503), sessions
 # take the item for up to a whole TTL though no beat confirmed the lease
 # (try_claim() does not look at resumed).
+# Fixed: a lease read back after a restart is offered once a beat is answered.
 use strict;
 use warnings;
 
