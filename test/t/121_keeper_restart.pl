@@ -135,7 +135,10 @@ ok(wait_for(sub { grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w5\E/
 	'and its beats succeed again');
 is(lease($w5), 'ready', 'not lost');
 my @b5 = reqs_for(qr{/work/\Q$w5\E/heartbeat$});
-is($b5[0]{status} // 0, 200, 'its first beat after the restart echoes the heartbeat of that last beat (200)');
+# 200 when the last beat's answer was recorded; a 412 (reconciled: the
+# item is still held, as checked above) when that answer came too late on a
+# loaded machine and the beat was recorded as unanswered.
+like($b5[0]{status} // 0, qr/^(200|412)$/, 'its first beat after the restart echoes the last beat (200) or meets it (412, reconciled)');
 $fake->clear_faults;
 is(lease($w1), 'ready', 'the first item is still held too');
 
