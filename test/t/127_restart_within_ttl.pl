@@ -77,7 +77,8 @@ is(sq("SELECT state || '|' || coalesce(error, '') FROM anthropic.leases WHERE wo
 my @b = grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$});
 # The first beat is a 200, or a 412 reconciled as the last round's own beat
 # when that beat's answer came too late to be recorded (a loaded machine).
-my $ext = (grep { $_->{status} == 200 } @b) ? 'extended' : 'none';
+my $ext = wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 7)
+  ? 'extended' : 'none';
 is($ext, 'extended', 'its lease was extended by a beat after the restart');
 is(sq("SELECT count(*) FROM anthropic.work_claim('$env', '2s')"), '1', 'a session can take it');
 
