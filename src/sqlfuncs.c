@@ -19,7 +19,11 @@
  * already made takes that call's result.  A call the query runs once per
  * row is one copy called again, so it still sends one request per row.
  * Where the location is unknown (a view's stored query keeps none), every
- * copy runs on its own.
+ * copy runs on its own.  A call in FROM is run once per scan by its
+ * FunctionScan, which is the only caller that passes a ReturnSetInfo to a
+ * function that returns no set; it shares nothing, so its row is not
+ * copied (a large answer's row takes tens of ms to copy, and no interrupt
+ * is seen inside a copy).
  *
  *-------------------------------------------------------------------------
  */
@@ -138,10 +142,13 @@ find_site(FunctionCallInfo fcinfo)
 Datum
 ae_call_once(FunctionCallInfo fcinfo, Datum (*body) (FunctionCallInfo fcinfo))
 {
-	AeFnState  *st = fn_state(fcinfo);
+	AeFnState  *st;
 	AeCallSite *site;
 	Datum		result;
 
+	if (fcinfo->resultinfo && IsA(fcinfo->resultinfo, ReturnSetInfo))
+		return body(fcinfo);
+	st = fn_state(fcinfo);
 	if (!st->site_known)
 	{
 		st->site = find_site(fcinfo);
