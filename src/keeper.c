@@ -687,7 +687,7 @@ struct Act
 };
 typedef struct Act Act;
 
-static void send_acts(Act *acts, int n, int attempt_ms, TimestampTz now);
+static int	send_acts(Act *acts, int n, int attempt_ms, TimestampTz now);
 
 static void
 set_act(Act *a, ActKind kind, const AeLease *l)
@@ -920,12 +920,13 @@ keeper_round(void)
  * Sends a round's beats and stops at once, each one attempt of at most
  * attempt_ms, and applies the answers under the lock.
  */
-static void
+static int
 send_acts(Act *acts, int n, int attempt_ms, TimestampTz now)
 {
 	AeCall	   *calls;
 	AeCallOutcome *out;
 	int			i;
+	int			answered = 0;
 
 	calls = palloc0(sizeof(AeCall) * n);
 	out = palloc0(sizeof(AeCallOutcome) * n);
@@ -974,6 +975,8 @@ send_acts(Act *acts, int n, int attempt_ms, TimestampTz now)
 	{
 		AeLease    *l = ae_lease_find(acts[i].work_id);
 
+		if (out[i].error == NULL)
+			answered++;
 		if (l == NULL)
 			continue;
 		if (acts[i].kind == ACT_BEAT)
@@ -993,6 +996,7 @@ send_acts(Act *acts, int n, int attempt_ms, TimestampTz now)
 	LWLockRelease(ae_leases->lock);
 	if (claims_confirmed)
 		ConditionVariableBroadcast(&ae_leases->ready_cv);
+	return answered;
 }
 
 /* --------------------------------------------------------- on the way out */
@@ -1036,6 +1040,8 @@ last_round(void)
 {
 	Act		   *acts = palloc(sizeof(Act) * AE_MAX_LEASES);
 	int			n = 0;
+	int			held;
+	int			answered;
 	int			i;
 	List	   *beaten = NIL;
 
@@ -1052,8 +1058,17 @@ last_round(void)
 	if (n == 0)
 		return NIL;
 	qsort(acts, n, sizeof(Act), act_older);
+	held = n;
 	n = Min(n, AE_MAX_CONCURRENCY);
-	send_acts(acts, n, AE_LAST_ROUND_MS, GetCurrentTimestamp());
+	answered = send_acts(acts, n, AE_LAST_ROUND_MS, GetCurrentTimestamp());
+
+	/*
+	 * Whether the leases outlive a restart depends on this round: the log
+	 * says how it went, as a checkpoint's line does.
+	 */
+	ereport(LOG,
+			(errmsg("anthropic_env lease keeper beat %d of %d held leases on its way out, %d answered",
+					n, held, answered)));
 	for (i = 0; i < n; i++)
 		beaten = lappend(beaten, acts[i].work_id);
 	return beaten;

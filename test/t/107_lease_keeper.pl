@@ -22,7 +22,6 @@ sub sq { return $node->safe_psql('postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
 
 sub enqueue { return $fake->call('POST', "/_fake/environments/$_[0]/work", $_[1] // {})->{id}; }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
 sub lease { return sq("SELECT state FROM anthropic.leases WHERE work_id = '$_[0]'"); }
 
 my $env = sq(q{SELECT id FROM anthropic.env_create('{"name": "keeper", "config": {"type": "self_hosted"}}')});
@@ -37,19 +36,19 @@ sq("SELECT anthropic.serve('$env', worker_id => 'db-keeper-1')");
 # Rule 1: polls on demand only.
 $fake->clear_requests;
 sleep 2;
-is(scalar(reqs_for(qr{/work/poll$})), 0, 'no session waits and prefetch is 0: no poll');
+is(scalar($fake->requests_for(qr{/work/poll$})), 0, 'no session waits and prefetch is 0: no poll');
 
 my $w1 = enqueue($env, { metadata => { job => 'one' } });
 my $t0 = time;
 my $row = sq("SELECT work_id, data_type, metadata->>'job', secret IS NOT NULL FROM anthropic.work_claim('$env', '5s', 'c1')");
 is($row, "$w1|session|one|t", 'work_claim waits for a poll and returns the item with its secret');
 ok(time - $t0 < 3, 'within a poll round');
-my @polls = reqs_for(qr{/work/poll$});
+my @polls = $fake->requests_for(qr{/work/poll$});
 ok(@polls >= 1, 'a session waiting made the keeper poll');
 ok(!(grep { ($_->{params}{block_ms} // '') ne '999' || ($_->{headers}{'anthropic-worker-id'} // '') ne 'db-keeper-1' } @polls),
 	'polls use block_ms=999 and the worker id');
-my @ack = reqs_for(qr{/work/\Q$w1\E/ack$});
-my @beats = reqs_for(qr{/work/\Q$w1\E/heartbeat$});
+my @ack = $fake->requests_for(qr{/work/\Q$w1\E/ack$});
+my @beats = $fake->requests_for(qr{/work/\Q$w1\E/heartbeat$});
 is(scalar @ack, 1, 'acked once');
 is($beats[0]{params}{expected_last_heartbeat}, 'NO_HEARTBEAT', 'the lease is claimed with NO_HEARTBEAT');
 # The claiming psql session has ended: rule 6 makes it ready again.
@@ -59,7 +58,7 @@ is(poll_until("SELECT state || coalesce(claimed_pid::text, '-') FROM anthropic.l
 # Rule 2: beats every interval, echoing last_heartbeat, past several TTLs.
 sleep 5;
 is(lease($w1), 'ready', 'held for 2.5 TTLs: still ready');
-@beats = reqs_for(qr{/work/\Q$w1\E/heartbeat$});
+@beats = $fake->requests_for(qr{/work/\Q$w1\E/heartbeat$});
 ok(@beats >= 5, 'beaten about every second (' . scalar(@beats) . ' beats)');
 ok(!(grep { $_->{status} != 200 } @beats), 'every beat succeeded (each echoed the last_heartbeat)');
 is(sq("SELECT state FROM anthropic.work_get('$env', '$w1')"), 'active', 'the item is active remotely');
@@ -75,7 +74,7 @@ is(sq("SELECT anthropic.work_should_stop('$w1')::text || state FROM anthropic.le
 $bg->query_until(qr/committed1/, "COMMIT;\n\\echo committed1\n");
 is(poll_until("SELECT state || (stop_sent_at IS NOT NULL) FROM anthropic.leases WHERE work_id = '$w1'", 'finishedtrue', 3),
 	'finishedtrue', 'after commit: finished, and the stop was sent');
-my @stops = reqs_for(qr{/work/\Q$w1\E/stop$});
+my @stops = $fake->requests_for(qr{/work/\Q$w1\E/stop$});
 is($stops[0]{body}, '{"force":true}', 'stopped with force');
 is(sq("SELECT state FROM anthropic.work_get('$env', '$w1')"), 'stopped', 'the item is stopped remotely');
 
@@ -95,7 +94,7 @@ $bg->query_until(qr/committed2/, "COMMIT;\n\\echo committed2\n");
 is(sq("SELECT to_regclass('result_two') IS NULL"), 't', 'the COMMIT failed with 40001: the results rolled back');
 is(sq("SELECT to_regclass('result_one') IS NOT NULL"), 't', 'the earlier finished work was kept');
 sleep 1;
-is(scalar(reqs_for(qr{/work/\Q$w2\E/stop$})), 0, 'a lost item is released, not stopped');
+is(scalar($fake->requests_for(qr{/work/\Q$w2\E/stop$})), 0, 'a lost item is released, not stopped');
 my $notes = $listener->query_until(qr/got/, "SELECT 1;\n\\echo got\n");
 like($notes, qr/Asynchronous notification "anthropic_work" with payload "\Q$w2\E" received/, 'NOTIFY anthropic_work names the lost item');
 $bg->query_until(qr/released2/, "SELECT anthropic.work_release(:'w');\n\\echo released2\n");
@@ -108,7 +107,7 @@ sq("SELECT anthropic.work_stop('$env', '$w3')");
 is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w3'", 'stop_requested', 3), 'stop_requested',
 	'stopping remotely: stop_requested');
 is(sq("SELECT anthropic.work_should_stop('$w3')"), 't', 'work_should_stop is true');
-is(scalar(grep { ($_->{body} // '') eq '{"force":true}' } reqs_for(qr{/work/\Q$w3\E/stop$})), 0, 'no force stop while the session holds it');
+is(scalar(grep { ($_->{body} // '') eq '{"force":true}' } $fake->requests_for(qr{/work/\Q$w3\E/stop$})), 0, 'no force stop while the session holds it');
 $bg->query_until(qr/released3/, "SELECT anthropic.work_release(:'w');\n\\echo released3\n");
 is(poll_until("SELECT state FROM anthropic.work_get('$env', '$w3')", 'stopped', 3), 'stopped',
 	'released: the keeper force-stopped it');
@@ -120,7 +119,7 @@ my $hc = enqueue($env2, { data => { type => 'healthcheck', id => 'hc_1' } });
 is(poll_until("SELECT state FROM anthropic.work_get('$env2', '$hc')", 'stopped', 5), 'stopped',
 	'a healthcheck item is acked, beaten and stopped by the keeper');
 is(sq("SELECT count(*) FROM anthropic.work_claim('$env2')"), '0', 'and never offered to sessions');
-ok(scalar(reqs_for(qr{/work/\Q$hc\E/heartbeat$})) >= 1, 'it was beaten');
+ok(scalar($fake->requests_for(qr{/work/\Q$hc\E/heartbeat$})) >= 1, 'it was beaten');
 
 # Rule 9: a failing environment backs off with a WARNING, the others go on.
 my $env3 = sq(q{SELECT id FROM anthropic.env_create('{"name": "badkey", "config": {"type": "self_hosted"}}')});
@@ -131,7 +130,7 @@ is(sq("SELECT count(*) FROM anthropic.work_claim('$env', '5s')"), '1', 'the good
 ok(poll_until(q{SELECT 1}, '1', 1), 'tick');
 my $log = slurp_file($node->logfile);
 like($log, qr/WARNING:  anthropic_env work poller: polling for environment "\Q$env3\E" failed/, 'the bad environment is logged at WARNING');
-my @bad = reqs_for(qr{/environments/\Q$env3\E/work/poll$});
+my @bad = $fake->requests_for(qr{/environments/\Q$env3\E/work/poll$});
 ok(@bad >= 1 && @bad <= 4, 'and backs off (' . scalar(@bad) . ' polls)');
 sq("SELECT anthropic.unserve('$env3')");
 
@@ -143,10 +142,10 @@ $t0 = time;
 sq("SELECT pg_terminate_backend($kpid)");
 poll_until("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid", '0', 3);
 ok(time - $t0 < 1.5, sprintf('the keeper ended %.0f ms after SIGTERM', (time - $t0) * 1000));
-is(scalar(reqs_for(qr{/work/\Q$w5\E/stop$})), 0, 'it stopped nothing on its way out');
+is(scalar($fake->requests_for(qr{/work/\Q$w5\E/stop$})), 0, 'it stopped nothing on its way out');
 sleep 4;
 is(lease($w5), 'ready', 'after the keeper restarted the item is still held');
-ok(!(grep { $_->{status} != 200 } reqs_for(qr{/work/\Q$w5\E/heartbeat$})), 'and every beat of it succeeded');
+ok(!(grep { $_->{status} != 200 } $fake->requests_for(qr{/work/\Q$w5\E/heartbeat$})), 'and every beat of it succeeded');
 
 # Rule 7: a clean restart shorter than the TTL loses nothing.
 $bg->quit;
@@ -156,7 +155,7 @@ is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w5'", 'ready
 $fake->clear_requests;
 sleep 3;
 is(lease($w5), 'ready', 'still held 1.5 TTLs later');
-@beats = reqs_for(qr{/work/\Q$w5\E/heartbeat$});
+@beats = $fake->requests_for(qr{/work/\Q$w5\E/heartbeat$});
 ok(@beats >= 2 && !(grep { $_->{status} != 200 } @beats), 'beats resumed with the stored last_heartbeat');
 is(sq("SELECT secret IS NOT NULL FROM anthropic.work_claim('$env', '1s')"), 't', 'and the secret is still there');
 

@@ -25,7 +25,6 @@ $node->safe_psql('postgres', $FakeApi::T_TRY);
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
 sub enqueue { return $fake->call('POST', "/_fake/environments/$_[0]/work", $_[1] // {})->{id}; }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
 sub lease { return sq("SELECT state FROM anthropic.leases WHERE work_id = '$_[0]'"); }
 sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
 sub keeper_pid { return sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'anthropic_env keeper'}); }
@@ -81,7 +80,7 @@ my $stopper = IPC::Run::start([ 'pg_ctl', '-D', $node->data_dir, '-m', 'fast', '
 usleep(300_000);
 kill 'CONT', $kpid;
 $stopper->finish;
-is(scalar(reqs_for(qr{/work/\Q$wf\E/stop$})), 0, 'the server went down before the stop was sent');
+is(scalar($fake->requests_for(qr{/work/\Q$wf\E/stop$})), 0, 'the server went down before the stop was sent');
 $node->_update_pid(0);
 $node->start;
 is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$wf'", 'finished', 5), 'finished',
@@ -118,7 +117,7 @@ my $wk = enqueue($envx);
 $fake->fault({ method => 'POST', path_regex => "/work/$wk/ack\$", status => 400, times => -1 });
 $fake->clear_requests;
 is(sq("SELECT count(*) FROM anthropic.work_claim('$envx', '2s')"), '0', 'an item whose ack fails is not offered');
-is(scalar(reqs_for(qr{/work/\Q$wk\E/heartbeat$})), 0, 'and its lease is never claimed');
+is(scalar($fake->requests_for(qr{/work/\Q$wk\E/heartbeat$})), 0, 'and its lease is never claimed');
 like(slurp_file($node->logfile), qr/WARNING:  anthropic_env work poller: acknowledging work item "\Q$wk\E" for environment/,
 	'the failed ack is logged at WARNING');
 $fake->clear_faults;
@@ -138,7 +137,7 @@ $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/work/$wl/heartbeat\$", close => JSON::PP::true,
 	after => JSON::PP::true, times => 1 });
 sleep 6;
-my @b = reqs_for(qr{/work/\Q$wl\E/heartbeat$});
+my @b = $fake->requests_for(qr{/work/\Q$wl\E/heartbeat$});
 ok((grep { $_->{fault} } @b), 'a beat was applied and its answer dropped');
 ok((grep { ($_->{status} // 0) == 412 } @b), 'the beat after it met the lease it set (412)');
 is(lease($wl), 'ready', 'the lease is not lost');
@@ -169,13 +168,13 @@ my $t1 = time;
 is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$wd'", 'ready', 2.5), 'ready',
 	'the item of the ended session is ready again within 2 s meanwhile');
 sleep(Max(0, 8 - (time - $t0)));
-my @ok = map { $_->{time} } grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$wo\E/heartbeat$});
+my @ok = map { $_->{time} } grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$wo\E/heartbeat$});
 my $gap = 0;
 $gap = Max($gap, $ok[$_] - $ok[ $_ - 1 ]) for 1 .. $#ok;
 ok(@ok >= 3, scalar(@ok) . ' beats of the other environment in 8 s');
 ok($gap < 3.6, sprintf('its beats stayed on schedule (largest gap %.2f s: interval 2 s plus at most one 1 s attempt)', $gap));
 is(lease($wo), 'ready', 'its lease is kept');
-my @hung = reqs_for(qr{/environments/\Q$envh\E/work/[^/]+/heartbeat$});
+my @hung = $fake->requests_for(qr{/environments/\Q$envh\E/work/[^/]+/heartbeat$});
 ok(@hung >= 2, scalar(@hung) . ' beats of the hung environment: each abandoned, then sent again');
 is(lease($wh), 'lost', 'the hung lease is lost once no beat succeeded for the TTL');
 
@@ -187,7 +186,7 @@ $fake->fault({ method => 'POST', path_regex => "/environments/$envh/work/[^/]+/h
 	headers => { 'retry-after' => '60' }, times => -1 });
 $fake->clear_requests;
 sleep 6;
-@ok = map { $_->{time} } grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$wo\E/heartbeat$});
+@ok = map { $_->{time} } grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$wo\E/heartbeat$});
 $gap = 0;
 $gap = Max($gap, $ok[$_] - $ok[ $_ - 1 ]) for 1 .. $#ok;
 ok(@ok >= 2 && $gap < 3.6, sprintf('a Retry-After of 60 s holds no other beat (%d beats, largest gap %.2f s)', scalar @ok, $gap));
@@ -216,7 +215,7 @@ my $te = time;
 my $wa = enqueue($envg);
 my $claimed = $waiter->query_until(qr/claimedg/, '');
 like($claimed, qr/\Q$wa\E/, 'the good environment gets its item');
-my ($ack) = reqs_for(qr{/work/\Q$wa\E/ack$});
+my ($ack) = $fake->requests_for(qr{/work/\Q$wa\E/ack$});
 ok($ack && $ack->{time} - $te < 0.5,
 	sprintf('acked %.0f ms after it was queued, not after the idle long poll', $ack ? ($ack->{time} - $te) * 1000 : -1));
 ok((grep { $_->{path} =~ m{/environments/\Q$envi\E/work/poll$} } @{ $fake->requests }), '(the idle environment was being polled)');

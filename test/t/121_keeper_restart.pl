@@ -25,23 +25,11 @@ $node->safe_psql('postgres', $FakeApi::T_TRY);
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
 sub enqueue { return $fake->call('POST', "/_fake/environments/$_[0]/work", $_[1] // {})->{id}; }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
 sub lease { return sq("SELECT state FROM anthropic.leases WHERE work_id = '$_[0]'"); }
 sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
 sub fired { my $id = shift; my ($r) = grep { $_->{id} eq $id } @{ $fake->call('GET', '/_fake/faults')->{data} }; return $r ? $r->{fired} : 0; }
 
 # Waits until $cond returns true, at most $seconds; returns whether it did.
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(25_000);
-	}
-	return 0;
-}
 
 # An item held ready: a one-shot session claims it and ends, so it is
 # ready again within 2 s with its lease held.
@@ -96,16 +84,16 @@ sq("SELECT anthropic.serve('$env1')");
 my $w1 = held_item($env1);
 my $f1 = $fake->fault({ method => 'POST', path_regex => "/work/$w1/heartbeat\$", close => JSON::PP::true,
 	after => JSON::PP::true, times => -1 })->{id};
-ok(wait_for(sub { fired($f1) >= 1 }, 6), 'a beat was applied and its answer dropped');
+ok(FakeApi::wait_for(sub { fired($f1) >= 1 }, 6), 'a beat was applied and its answer dropped');
 $node->stop('fast');
 $fake->clear_faults;
 $fake->clear_requests;
 $node->start;
 is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w1'", 'ready', 5), 'ready',
 	'after the restart the item is held, not lost');
-ok(wait_for(sub { grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w1\E/heartbeat$}) }, 6),
+ok(FakeApi::wait_for(sub { grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w1\E/heartbeat$}) }, 6),
 	'and its beats succeed again');
-my @b1 = reqs_for(qr{/work/\Q$w1\E/heartbeat$});
+my @b1 = $fake->requests_for(qr{/work/\Q$w1\E/heartbeat$});
 is($b1[0]{status} // 0, 412, 'the first beat after the restart met the lease the lost beat set (412)');
 is(lease($w1), 'ready', 'still held');
 # psql, not safe_psql: without the column (before the fix) the rest still runs.
@@ -120,10 +108,10 @@ sq("SELECT anthropic.serve('$env5')");
 my $w5 = held_item($env5);
 $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/work/$w5/heartbeat\$", delay_ms => 2000, times => 1 });
-ok(wait_for(sub { scalar reqs_for(qr{/work/\Q$w5\E/heartbeat$}) }, 6), 'a beat is in flight');
+ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w5\E/heartbeat$}) }, 6), 'a beat is in flight');
 my $t5 = time;
 $node->stop('fast');
-my @last5 = reqs_for(qr{/work/\Q$w5\E/heartbeat$});
+my @last5 = $fake->requests_for(qr{/work/\Q$w5\E/heartbeat$});
 ok(scalar(@last5) >= 2 && ($last5[-1]{status} // 0) == 200, 'on its way out the keeper beat the lease once more (200)')
   or diag(explain([ map { $_->{status} } @last5 ]));
 $fake->clear_requests;
@@ -131,10 +119,10 @@ usleep(max(0, 2300_000 - (time - $t5) * 1e6));
 $node->start;
 is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w5'", 'ready', 5), 'ready',
 	'after the restart the item whose beat was in flight is held');
-ok(wait_for(sub { grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w5\E/heartbeat$}) }, 6),
+ok(FakeApi::wait_for(sub { grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w5\E/heartbeat$}) }, 6),
 	'and its beats succeed again');
 is(lease($w5), 'ready', 'not lost');
-my @b5 = reqs_for(qr{/work/\Q$w5\E/heartbeat$});
+my @b5 = $fake->requests_for(qr{/work/\Q$w5\E/heartbeat$});
 # 200 when the last beat's answer was recorded; a 412 (reconciled: the
 # item is still held, as checked above) when that answer came too late on a
 # loaded machine and the beat was recorded as unanswered.
@@ -151,8 +139,8 @@ sq("SELECT anthropic.serve('$env2', prefetch => 1)");
 $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/environments/$env2/work/[^/]+/heartbeat\$", delay_ms => 2500, times => 1 });
 my $w2 = enqueue($env2);
-ok(wait_for(sub { scalar reqs_for(qr{/work/\Q$w2\E/heartbeat$}) }, 6), 'the claim is in flight');
-ok(scalar(reqs_for(qr{/work/\Q$w2\E/ack$})), 'after the ack');
+ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w2\E/heartbeat$}) }, 6), 'the claim is in flight');
+ok(scalar($fake->requests_for(qr{/work/\Q$w2\E/ack$})), 'after the ack');
 is(sq("SELECT (last_heartbeat IS NULL)::text || '|' || state FROM anthropic.held_work WHERE work_id = '$w2'"), 'true|ready',
 	'the item was stored at the ack, with no heartbeat yet');
 is(sq("SELECT count(*) FROM anthropic.work_claim('$env2')"), '0', 'no session can take it before its claim is confirmed');
@@ -162,7 +150,7 @@ sleep 3;
 $node->start;
 is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w2'", 'ready', 5), 'ready',
 	'after the restart the item is held, ready');
-ok(wait_for(sub { grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w2\E/heartbeat$}) }, 8),
+ok(FakeApi::wait_for(sub { grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w2\E/heartbeat$}) }, 8),
 	'its lease is beaten');
 is(sq("SELECT work_id || '|' || (secret IS NOT NULL) FROM anthropic.work_claim('$env2', '2s')"), "$w2|true",
 	'a session gets it with its secret');
@@ -193,9 +181,9 @@ is(lease($wa), 'claimed', 'the claimed item stays claimed');
 $fake->clear_requests;
 my $wc = enqueue($env3);
 sleep 5;
-is(scalar(reqs_for(qr{/work/\Q$wb\E/heartbeat$})), 0, 'the released item is no longer beaten');
-ok(scalar(grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$wa\E/heartbeat$})) >= 1, 'the claimed one still is');
-is(scalar(reqs_for(qr{/environments/\Q$env3\E/work/poll$})), 0, 'the environment is not polled');
+is(scalar($fake->requests_for(qr{/work/\Q$wb\E/heartbeat$})), 0, 'the released item is no longer beaten');
+ok(scalar(grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$wa\E/heartbeat$})) >= 1, 'the claimed one still is');
+is(scalar($fake->requests_for(qr{/environments/\Q$env3\E/work/poll$})), 0, 'the environment is not polled');
 is(sq("SELECT t_try(\$\$SELECT count(*) FROM anthropic.work_claim('$env3')\$\$)"),
 	"err|55000|environment \"$env3\" is not served by this database|", 'no session can claim from it');
 $holder->query_until(qr/releaseda/, "SELECT anthropic.work_release(:'w');\n\\echo releaseda\n");

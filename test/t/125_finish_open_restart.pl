@@ -28,20 +28,7 @@ my $node = $fake->new_node('finishopen',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
 sub lease { return sq("SELECT state FROM anthropic.leases WHERE work_id = '$_[0]'"); }
-
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(25_000);
-	}
-	return 0;
-}
 
 like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
 	qr/^2$/, 'the keeper and the poller run');
@@ -57,7 +44,7 @@ $holder->query_until(qr/finishing/, "BEGIN;\nSELECT anthropic.work_finish(:'w');
 
 # The session works on in its transaction for a little more than one beat.
 $fake->clear_requests;
-ok(wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 6),
+ok(FakeApi::wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, 6),
 	'the keeper beats the item while the finishing transaction is open');
 usleep(300_000);
 is(lease($w), 'claimed', 'still claimed');
@@ -73,10 +60,10 @@ $fake->clear_requests;
 $node->start;
 is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready', 5), 'ready',
 	'after the restart the item is ready again (its session is gone, its finish rolled back)');
-ok(wait_for(sub { grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 6),
+ok(FakeApi::wait_for(sub { grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, 6),
 	'and its beats succeed');
 usleep(500_000);
-my @b = reqs_for(qr{/work/\Q$w\E/heartbeat$});
+my @b = $fake->requests_for(qr{/work/\Q$w\E/heartbeat$});
 # 200, or a 412 reconciled as the last round's own beat when its answer
 # came too late to be recorded (a loaded machine); the state check below
 # says the item is held either way.

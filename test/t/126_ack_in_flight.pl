@@ -26,20 +26,7 @@ my $node = $fake->new_node('ackflight',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
 sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
-
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(25_000);
-	}
-	return 0;
-}
 
 sub workers_run
 {
@@ -54,12 +41,12 @@ $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/environments/$env1/work/[^/]+/ack\$", delay_ms => 2500, times => 1 });
 sq("SELECT anthropic.serve('$env1', prefetch => 1)");
 my $w1 = $fake->call('POST', "/_fake/environments/$env1/work", {})->{id};
-ok(wait_for(sub { scalar reqs_for(qr{/work/\Q$w1\E/ack$}) }, 6), 'the ack is in flight');
+ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w1\E/ack$}) }, 6), 'the ack is in flight');
 my $ppid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'anthropic_env poller'});
 sq("SELECT pg_terminate_backend($ppid)");
-ok(wait_for(sub { (sq("SELECT state FROM anthropic.work_get('$env1', '$w1')")) =~ /^(starting|active)$/ }, 5),
+ok(FakeApi::wait_for(sub { (sq("SELECT state FROM anthropic.work_get('$env1', '$w1')")) =~ /^(starting|active)$/ }, 5),
 	'the server carried the ack out after the poller was gone');
-ok(scalar(reqs_for(qr{/work/\Q$w1\E/ack$})) >= 2, 'and the keeper acked the item again (its 409 reconciled)');
+ok(scalar($fake->requests_for(qr{/work/\Q$w1\E/ack$})) >= 2, 'and the keeper acked the item again (its 409 reconciled)');
 is(workers_run(), '2', 'the poller is back');
 is(poll_until("SELECT coalesce((SELECT state FROM anthropic.leases WHERE work_id = '$w1'), 'not held')", 'ready', 8),
 	'ready', 'the acked item is held by the database after the poller restarted');
@@ -73,7 +60,7 @@ $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/environments/$env2/work/[^/]+/ack\$", delay_ms => 2500, times => 1 });
 sq("SELECT anthropic.serve('$env2', prefetch => 1)");
 my $w2 = $fake->call('POST', "/_fake/environments/$env2/work", {})->{id};
-ok(wait_for(sub { scalar reqs_for(qr{/work/\Q$w2\E/ack$}) }, 6), 'an ack is in flight at shutdown');
+ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w2\E/ack$}) }, 6), 'an ack is in flight at shutdown');
 $node->stop('fast');
 sleep 3;
 $node->start;

@@ -25,21 +25,8 @@ my $node = $fake->new_node('unconfirmed',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
 sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
 sub fired { my $id = shift; my ($r) = grep { $_->{id} eq $id } @{ $fake->call('GET', '/_fake/faults')->{data} }; return $r ? $r->{fired} : 0; }
-
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(25_000);
-	}
-	return 0;
-}
 
 sub workers_run
 {
@@ -59,10 +46,10 @@ $fake->clear_requests;
 is(sq("SELECT work_id || '|' || (secret IS NOT NULL) FROM anthropic.work_claim('$env1', '10s')"), "$w1|true",
 	'a waiting session gets the item whose claim went unanswered, with its secret');
 is(fired($f1), 3, 'every attempt of the claim lost its answer');
-my @b1 = grep { defined $_->{status} && !$_->{fault} } reqs_for(qr{/work/\Q$w1\E/heartbeat$});
+my @b1 = grep { defined $_->{status} && !$_->{fault} } $fake->requests_for(qr{/work/\Q$w1\E/heartbeat$});
 is(($b1[0]{params}{expected_last_heartbeat} // '') . '|' . ($b1[0]{status} // 0), 'NO_HEARTBEAT|412',
 	'the keeper sent the claim again and met the lease the lost one set');
-ok(wait_for(sub { grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w1\E/heartbeat$}) }, 6),
+ok(FakeApi::wait_for(sub { grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w1\E/heartbeat$}) }, 6),
 	'then its beats succeed');
 is(sq("SELECT state FROM anthropic.leases WHERE work_id = '$w1'"), 'ready', 'held (ready again once the one-shot session ended)');
 is(sq("SELECT state FROM anthropic.work_get('$env1', '$w1')"), 'active', 'active on the server');
@@ -74,13 +61,13 @@ $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/environments/$env2/work/[^/]+/heartbeat\$", delay_ms => 2500, times => 1 });
 sq("SELECT anthropic.serve('$env2', prefetch => 1)");
 my $w2 = $fake->call('POST', "/_fake/environments/$env2/work", {})->{id};
-ok(wait_for(sub { scalar reqs_for(qr{/work/\Q$w2\E/heartbeat$}) }, 6), 'the claim is in flight');
+ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w2\E/heartbeat$}) }, 6), 'the claim is in flight');
 my $ppid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'anthropic_env poller'});
 sq("SELECT pg_terminate_backend($ppid)");
 is(workers_run(), '2', 'the poller is back');
 is(poll_until("SELECT coalesce((SELECT state FROM anthropic.leases WHERE work_id = '$w2'), 'not held')", 'ready', 6),
 	'ready', 'the restarted poller adopted the item');
-ok(wait_for(sub { grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w2\E/heartbeat$}) }, 8),
+ok(FakeApi::wait_for(sub { grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w2\E/heartbeat$}) }, 8),
 	'its lease is beaten');
 is(sq("SELECT work_id || '|' || (secret IS NOT NULL) FROM anthropic.work_claim('$env2', '3s')"), "$w2|true",
 	'a session gets it with its secret');

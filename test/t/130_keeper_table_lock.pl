@@ -20,7 +20,6 @@ my $node = $fake->new_node('tablelock',
 
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
 
 like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
 	qr/^2$/, 'the keeper and the poller run');
@@ -38,8 +37,8 @@ $fake->clear_requests;
 # Lost while the table is locked: its NOTIFY cannot be sent yet.
 $fake->call('POST', "/_fake/environments/$env/work/$w/expire", {});
 sleep 6;
-my @beats = grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w\E/heartbeat$});
-my @lost = grep { ($_->{status} // 0) == 412 } reqs_for(qr{/work/\Q$w\E/heartbeat$});
+my @beats = grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$});
+my @lost = grep { ($_->{status} // 0) == 412 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$});
 ok(@lost >= 1, 'the keeper kept beating while the table was locked (it met the expired lease)');
 is(sq("SELECT state FROM anthropic.leases WHERE work_id = '$w'"), 'lost', 'and marked the item lost');
 my $log = slurp_file($node->logfile);

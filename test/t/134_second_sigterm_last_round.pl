@@ -24,19 +24,6 @@ my $node = $fake->new_node('secondterm',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
-
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(20_000);
-	}
-	return 0;
-}
 
 sub keeper_pid { return sq(q{SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE backend_type = 'anthropic_env keeper'}); }
 
@@ -51,7 +38,7 @@ is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready'
 
 # Right after a beat is answered the keeper is idle, no beat in flight.
 $fake->clear_requests;
-ok(wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'a beat succeeds');
+ok(FakeApi::wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'a beat succeeds');
 usleep(300_000);
 
 # Every beat is answered 300 ms late: the last round's one is in flight when
@@ -61,19 +48,19 @@ $fake->clear_requests;
 my $kpid = keeper_pid();
 my $logpos = -s $node->logfile;
 kill 'TERM', $kpid;
-ok(wait_for(sub { scalar reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 1), 'the last round sends a beat');
+ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, 1), 'the last round sends a beat');
 usleep(80_000);
 kill 'TERM', $kpid;
-ok(wait_for(sub { sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid") eq '0' }, 3), 'the keeper ends');
+ok(FakeApi::wait_for(sub { sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid") eq '0' }, 3), 'the keeper ends');
 usleep(400_000);    # the held beat is carried out at the server
 $fake->clear_faults;
 
 # The postmaster starts the keeper again after 1 s; shared memory kept the lease.
-ok(wait_for(sub { my $p = keeper_pid(); $p ne '0' && $p ne $kpid }, 5), 'the keeper is back');
+ok(FakeApi::wait_for(sub { my $p = keeper_pid(); $p ne '0' && $p ne $kpid }, 5), 'the keeper is back');
 $fake->clear_requests;
-ok(wait_for(sub { scalar grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'it beats again');
+ok(FakeApi::wait_for(sub { scalar grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'it beats again');
 usleep(500_000);
-my @b = map { $_->{status} } grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$});
+my @b = map { $_->{status} } grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$});
 diag("beats after the restart: @b");
 is(sq("SELECT state || '|' || coalesce(error, '') FROM anthropic.leases WHERE work_id = '$w'"), 'ready|',
 	'the item is still held: the last round\'s beat was its own');

@@ -25,21 +25,6 @@ my $node = $fake->new_node('resumed503',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
-
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(20_000);
-	}
-	return 0;
-}
-
-sub sleep_until { my $t = shift; my $d = $t - time; usleep($d * 1e6) if $d > 0; }
 
 like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
 	qr/^2$/, 'the keeper and the poller run');
@@ -51,16 +36,16 @@ is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s')"), $w, 'the item i
 is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready', 3), 'ready', 'and ready again, held');
 
 $fake->clear_requests;
-ok(wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'a beat succeeds');
+ok(FakeApi::wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'a beat succeeds');
 my $t_beat = time;
 
 # The last round's beat is applied by the server, its answer comes too late.
-sleep_until($t_beat + 3.5);
+FakeApi::sleep_until($t_beat + 3.5);
 $fake->fault({ method => 'POST', path_regex => "/work/$w/heartbeat\$", delay_ms => 1500, times => 1 });
 my $t_down = time;
 $node->stop('fast');
-ok(scalar(reqs_for(qr{/work/\Q$w\E/heartbeat$})) >= 2, 'the last round sent a beat');
-sleep_until($t_beat + 10.8);
+ok(scalar($fake->requests_for(qr{/work/\Q$w\E/heartbeat$})) >= 2, 'the last round sent a beat');
+FakeApi::sleep_until($t_beat + 10.8);
 $fake->clear_faults;
 # The first beat after the restart meets one transient failure.
 $fake->fault({ method => 'POST', path_regex => "/work/$w/heartbeat\$", status => 503, times => 1 });
@@ -69,9 +54,9 @@ $node->start;
 my $down = time - $t_down;
 diag(sprintf('server down for %.1f s (TTL %d s), from %.1f s after the last answered beat', $down, $ttl, $t_down - $t_beat));
 
-ok(wait_for(sub { scalar grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 4), 'the keeper beats');
+ok(FakeApi::wait_for(sub { scalar grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, 4), 'the keeper beats');
 usleep(2_500_000);
-my @b = map { $_->{status} } grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$});
+my @b = map { $_->{status} } grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$});
 diag("beats after the restart: @b");
 is(sq("SELECT state FROM anthropic.work_get('$env', '$w')") =~ /^(starting|active)$/ ? 'held' : 'not', 'held',
 	'the server still has the item running');

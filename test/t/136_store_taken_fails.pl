@@ -24,19 +24,6 @@ my $node = $fake->new_node('storetaken',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
-
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(20_000);
-	}
-	return 0;
-}
 
 like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
 	qr/^2$/, 'the keeper and the poller run');
@@ -47,12 +34,12 @@ $fake->fault({ method => 'POST', path_regex => "/environments/$env/work/[^/]+/he
 $fake->clear_requests;
 my $w = $fake->call('POST', "/_fake/environments/$env/work", {})->{id};
 sq("SELECT anthropic.serve('$env', 1)");
-ok(wait_for(sub { scalar reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 6), 'the NO_HEARTBEAT claim is in flight');
+ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, 6), 'the NO_HEARTBEAT claim is in flight');
 
 my $locker = $node->background_psql('postgres');
 $locker->query_safe('BEGIN; LOCK TABLE anthropic.held_work IN EXCLUSIVE MODE');
 my $logpos = -s $node->logfile;
-ok(wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 4), 'the claim is answered');
+ok(FakeApi::wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, 4), 'the claim is answered');
 usleep(1_200_000);
 $locker->query_safe('COMMIT');
 $locker->quit;
@@ -62,7 +49,7 @@ like($tail, qr/could not store the items it took/, 'the poller\'s write timed ou
 is(poll_until("SELECT count(*) FROM anthropic.leases WHERE work_id = '$w'", '1', 4), '1',
 	'the leased item is in the lease table once the lock is gone');
 is(sq("SELECT count(*) FROM anthropic.work_claim('$env', '2s')"), '1', 'a session can take it');
-my @b = grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$});
+my @b = grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$});
 diag(scalar(@b) . ' beats of the item; held_work rows: ' . sq("SELECT count(*) FROM anthropic.held_work WHERE work_id = '$w'")
 	  . ', secrets: ' . sq("SELECT count(*) FROM anthropic.work_secrets WHERE work_id = '$w'"));
 is(sq("SELECT count(*) FROM anthropic.held_work h WHERE NOT EXISTS (SELECT 1 FROM anthropic.leases l WHERE l.work_id = h.work_id)"),

@@ -27,19 +27,6 @@ my $node = $fake->new_node('reackenvkey',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
-
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(25_000);
-	}
-	return 0;
-}
 
 like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
 	qr/^2$/, 'the keeper and the poller run');
@@ -62,7 +49,7 @@ $fake->fault({ method => 'POST', path_regex => "/environments/$env/work/[^/]+/ac
 $fake->clear_requests;
 my $w = $fake->call('POST', "/_fake/environments/$env/work", {})->{id};
 sq("SELECT anthropic.serve('$env', 1)");
-ok(wait_for(sub { scalar(reqs_for(qr{/work/\Q$w\E/ack$})) >= 2 }, 8), 'the keeper acks the item again');
+ok(FakeApi::wait_for(sub { scalar($fake->requests_for(qr{/work/\Q$w\E/ack$})) >= 2 }, 8), 'the keeper acks the item again');
 usleep(1_500_000);
 my @r = map { "$_->{method} $_->{path} " . ($_->{status} // '-') } grep { $_->{path} =~ /\Q$w\E/ } @{ $fake->requests };
 diag(join("\n", @r));

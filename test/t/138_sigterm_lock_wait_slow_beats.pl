@@ -23,18 +23,6 @@ my $node = $fake->new_node('termlock',
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
 
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(10_000);
-	}
-	return 0;
-}
-
 sub keeper_pid { return sq(q{SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE backend_type = 'anthropic_env keeper'}); }
 
 like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
@@ -53,17 +41,17 @@ for my $round (1 .. 3)
 	my $locker = $node->background_psql('postgres');
 	$locker->query_safe('BEGIN; LOCK TABLE anthropic.held_work IN ACCESS EXCLUSIVE MODE');
 	# The keeper's flush waits for the lock (a beat failed: its row is owed).
-	my $in_lock = wait_for(sub {
+	my $in_lock = FakeApi::wait_for(sub {
 		sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid AND wait_event_type = 'Lock'") eq '1' }, 12);
 	ok($in_lock, "round $round: the keeper's flush waits for the lock");
 	my $t0 = time;
 	kill 'TERM', $kpid;
-	wait_for(sub { sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid") eq '0' }, 5);
+	FakeApi::wait_for(sub { sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid") eq '0' }, 5);
 	push @took, (time - $t0) * 1000;
 	$locker->query_safe('COMMIT');
 	$locker->quit;
 	$fake->clear_faults;
-	ok(wait_for(sub { my $p = keeper_pid(); $p ne '0' && $p ne $kpid }, 5), "round $round: the keeper is back");
+	ok(FakeApi::wait_for(sub { my $p = keeper_pid(); $p ne '0' && $p ne $kpid }, 5), "round $round: the keeper is back");
 	is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready', 3), 'ready', "round $round: still held");
 }
 diag(sprintf('SIGTERM to exit: %s ms', join(', ', map { sprintf('%.0f', $_) } @took)));

@@ -28,19 +28,6 @@ my $node = $fake->new_node('reackforeign',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
-
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(10_000);
-	}
-	return 0;
-}
 
 # Another worker, talking to the server directly.
 my $http = HTTP::Tiny->new(timeout => 5);
@@ -73,13 +60,13 @@ $fake->fault({ method => 'POST', path_regex => "/environments/$env/work/[^/]+/ac
 $fake->clear_requests;
 my $w = $fake->call('POST', "/_fake/environments/$env/work", {})->{id};
 sq("SELECT anthropic.serve('$env', 1)");
-ok(wait_for(sub { scalar(reqs_for(qr{/work/\Q$w\E/ack$})) >= 3 }, 10), 'our acks fail');
+ok(FakeApi::wait_for(sub { scalar($fake->requests_for(qr{/work/\Q$w\E/ack$})) >= 3 }, 10), 'our acks fail');
 usleep(1_500_000);
 is(sq("SELECT count(*) FROM anthropic.leases WHERE work_id = '$w'"), '1', 'the item is held, its ack owed');
 
 # Right after one of the keeper's 1 s re-acks, another worker takes the item.
-my $n = scalar(reqs_for(qr{/work/\Q$w\E/ack$}));
-ok(wait_for(sub { scalar(reqs_for(qr{/work/\Q$w\E/ack$})) > $n }, 3), 'the keeper acks again');
+my $n = scalar($fake->requests_for(qr{/work/\Q$w\E/ack$}));
+ok(FakeApi::wait_for(sub { scalar($fake->requests_for(qr{/work/\Q$w\E/ack$})) > $n }, 3), 'the keeper acks again');
 $fake->clear_faults;
 my ($s1) = foreign("/v1/environments/$env/work/$w/ack");
 my ($s2, $c2) = foreign("/v1/environments/$env/work/$w/heartbeat?expected_last_heartbeat=NO_HEARTBEAT");
@@ -87,7 +74,7 @@ is("$s1 $s2", '200 200', 'another worker acks and claims the item');
 my $hb = eval { decode_json($c2)->{last_heartbeat} } // '';
 
 # The other worker's claim is one heartbeat; ours is the next.
-ok(wait_for(sub { (grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$})) >= 2 }, 6), 'our keeper sends its claim');
+ok(FakeApi::wait_for(sub { (grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$})) >= 2 }, 6), 'our keeper sends its claim');
 poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'lost', 3);
 my @r = map { "$_->{method} $_->{path} " . ($_->{status} // '-') } grep { $_->{path} =~ /\Q$w\E/ } @{ $fake->requests };
 diag(join("\n", @r));

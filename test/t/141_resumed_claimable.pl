@@ -23,19 +23,6 @@ my $node = $fake->new_node('resumedclaim',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub reqs_for { my $re = shift; return grep { $_->{path} =~ $re } @{ $fake->requests }; }
-
-sub wait_for
-{
-	my ($cond, $seconds) = @_;
-	my $deadline = time + $seconds;
-	while (time < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(20_000);
-	}
-	return 0;
-}
 
 like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
 	qr/^2$/, 'the keeper and the poller run');
@@ -51,7 +38,7 @@ sleep($ttl + 3);        # down for longer than the TTL: the lease is gone
 $fake->fault({ method => 'POST', path_regex => "/work/$w/heartbeat\$", status => 503, times => -1 });
 $fake->clear_requests;
 $node->start;
-ok(wait_for(sub { scalar grep { defined $_->{status} } reqs_for(qr{/work/\Q$w\E/heartbeat$}) }, 5), 'the first beat fails');
+ok(FakeApi::wait_for(sub { scalar grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, 5), 'the first beat fails');
 is(sq("SELECT count(*) FROM anthropic.work_claim('$env', '1s')"), '0',
 	'no session takes an item whose lease no beat confirmed since the restart');
 

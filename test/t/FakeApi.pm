@@ -108,6 +108,33 @@ sub requests_matching
 	return scalar grep { $_->{path} =~ $re && (!$answered || defined $_->{status}) } @{ $self->requests };
 }
 
+# The logged /v1 requests whose path matches $re, in arrival order.
+sub requests_for
+{
+	my ($self, $re) = @_;
+	return grep { $_->{path} =~ $re } @{ $self->requests };
+}
+
+# Calls $cond every 20 ms until it returns true (1) or $seconds pass (0).
+sub wait_for
+{
+	my ($cond, $seconds) = @_;
+	my $deadline = time + $seconds;
+	while (time < $deadline)
+	{
+		return 1 if $cond->();
+		select(undef, undef, undef, 0.02);
+	}
+	return 0;
+}
+
+# Sleeps until the epoch time $t (no sleep if it has passed).
+sub sleep_until
+{
+	my $d = $_[0] - time;
+	select(undef, undef, undef, $d) if $d > 0;
+}
+
 # Waits until the session named $app shows the Extension wait event and
 # $ready (a sub, optional) agrees; returns its pid, or '' after 10 s.
 sub wait_in_extension
