@@ -417,6 +417,12 @@ reconcile(const AeEndpoint *ep, const AeCall *call, const AeHttpResponse *resp, 
 	get.args[0] = call->args[0];
 	get.args[1] = call->args[1];
 	get.missing_ok = true;
+	/*
+	 * A caller that makes one attempt (the keeper's round, bounded by its
+	 * timeout_ms) gets a one-attempt re-fetch: retries and a Retry-After
+	 * would hold the round past its bound.
+	 */
+	get.no_retry = call->no_retry;
 	/* The re-fetch's own parse keeps its numbers as the server wrote them. */
 	get.raw_out = call->raw_out;
 	object = ae_api_call(&get);
@@ -517,7 +523,13 @@ prepare_batch(const AeCall *calls, int n, AePrepared **p, AeHttpRequest **reqs,
 	}
 }
 
-/* One call's outcome, as ae_api_call_each reports it; never raises. */
+/*
+ * One call's outcome, as ae_api_call_each reports it.  It raises only for
+ * what is not this call's: a cancel (the keeper's SIGTERM is one), a
+ * shutdown or an out-of-memory.  Recorded as this call's error, a cancel
+ * would be spent, and the batch's other outcomes (a reconciliation's
+ * re-fetch among them) would run on uncancellable.
+ */
 static void
 outcome_of(const AeCall *call, AePrepared *p, AeHttpResponse *resp, AeCallOutcome *out)
 {
@@ -540,6 +552,14 @@ outcome_of(const AeCall *call, AePrepared *p, AeHttpResponse *resp, AeCallOutcom
 	}
 	PG_CATCH();
 	{
+		int			code = geterrcode();
+
+		if (code == ERRCODE_QUERY_CANCELED || code == ERRCODE_ADMIN_SHUTDOWN ||
+			code == ERRCODE_OUT_OF_MEMORY)
+		{
+			error_context_stack = errcb.previous;
+			PG_RE_THROW();
+		}
 		MemoryContextSwitchTo(cxt);
 		out->error = CopyErrorData();
 		FlushErrorState();

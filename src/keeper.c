@@ -395,9 +395,12 @@ load_held(void *arg)
 			l->state = AE_LEASE_STOP_REQUESTED;
 		else
 		{
+			/*
+			 * Not announced yet: sessions may take it only once a beat
+			 * after the restart succeeds, and apply_beat_answer() sends
+			 * the NOTIFY then.
+			 */
 			l->state = AE_LEASE_READY;
-			/* An unconfirmed claim is announced once its beat succeeds. */
-			l->notify = !l->healthcheck && l->last_heartbeat[0] != '\0';
 		}
 
 		/*
@@ -689,6 +692,13 @@ typedef struct Act Act;
 
 static int	send_acts(Act *acts, int n, int attempt_ms, TimestampTz now);
 
+/* Whether s (NULL counts) fits a buffer of len bytes with its terminator. */
+static bool
+fits(const char *s, size_t len)
+{
+	return s == NULL || strlen(s) < len;
+}
+
 static void
 set_act(Act *a, ActKind kind, const AeLease *l)
 {
@@ -710,6 +720,7 @@ apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
 	json_t	   *ttl = json_object_get(answer, "ttl_seconds");
 	bool		extended = ext && json_is_true(ext);
 	bool		unconfirmed = l->last_heartbeat[0] == '\0';
+	bool		resumed = l->resumed;
 
 	if (json_is_integer(ttl) && json_integer_value(ttl) > 0 && json_integer_value(ttl) < 86400)
 		l->ttl_seconds = (int) json_integer_value(ttl);
@@ -717,14 +728,18 @@ apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
 	l->dirty = true;
 	l->beat_maybe_acted = false;
 	l->resumed = false;
-	if (extended && hb)
+	if (extended && hb && fits(hb, AE_HB_LEN))
 	{
 		strlcpy(l->last_heartbeat, hb, AE_HB_LEN);
 		l->last_beat_at = now;
 		l->lease_expires_at = TimestampTzPlusMilliseconds(now, (int64) l->ttl_seconds * 1000);
 		l->error[0] = '\0';
-		/* A claim confirmed only now: sessions may take the item from here on. */
-		if (unconfirmed && !l->healthcheck)
+		/*
+		 * A claim confirmed only now, or an item read back after a restart
+		 * whose lease the server has just confirmed: sessions may take the
+		 * item from here on.
+		 */
+		if (!l->healthcheck && (unconfirmed || (resumed && l->state == AE_LEASE_READY)))
 		{
 			l->notify = true;
 			claims_confirmed = true;
@@ -734,6 +749,13 @@ apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
 	/* A finish past its last check is committing: it decides. */
 	if (l->finishing_pid != 0)
 		return;
+	if (extended && hb && !fits(hb, AE_HB_LEN))
+	{
+		/* Not echoed verbatim, every later beat would fail its precondition. */
+		l->next_beat_at = 0;
+		mark(l, AE_LEASE_LOST, "lease lost: the server's last_heartbeat is longer than the 127 bytes the keeper keeps");
+		return;
+	}
 	if (!extended || (state && (strcmp(state, "stopping") == 0 || strcmp(state, "stopped") == 0)))
 	{
 		l->next_beat_at = 0;
@@ -781,11 +803,12 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 	}
 
 	/*
-	 * No answer, or one a gateway may give after the server acted: the
-	 * next beat may meet the lease this one set.  It goes out soon; the
-	 * TTL rule decides when the lease is lost.
+	 * No answer, one a gateway may give after the server acted, or a
+	 * success we could not read: the next beat may meet the lease this one
+	 * set.  It goes out soon; the TTL rule decides when the lease is lost.
 	 */
-	if (o->status == 0 || ae_retry_may_have_acted(AE_END_ANSWER, o->status))
+	if (o->status == 0 || (o->status >= 200 && o->status < 300) ||
+		ae_retry_may_have_acted(AE_END_ANSWER, o->status))
 		l->beat_maybe_acted = true;
 	ae_lease_strcpy(l->error, o->error ? o->error->message : "heartbeat failed", sizeof(l->error));
 	l->dirty = true;
@@ -825,6 +848,18 @@ apply_stop(AeLease *l, const AeCallOutcome *o, TimestampTz now)
  * NO_HEARTBEAT claim goes out next.  A 409 or 404 that stands means the
  * server no longer offers it to us: released.
  */
+/*
+ * Whether a failed ack's outcome says the item is not ours: a 404, or a
+ * 409 that the re-fetch checked (its error is the 409's own).  A 409 whose
+ * re-fetch failed (a 429, a timeout) tells nothing: the ack is sent again.
+ */
+static bool
+ack_refused(const AeCallOutcome *o)
+{
+	return o->status == 404 ||
+		(o->status == 409 && o->error->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE);
+}
+
 static void
 apply_ack(AeLease *l, const AeCallOutcome *o, TimestampTz now)
 {
@@ -839,7 +874,7 @@ apply_ack(AeLease *l, const AeCallOutcome *o, TimestampTz now)
 		l->next_beat_at = now;
 		return;
 	}
-	if (o->status == 409 || o->status == 404)
+	if (ack_refused(o))
 	{
 		mark(l, AE_LEASE_LOST, "released: its ack went unanswered and the server no longer offers the item");
 		return;
@@ -1388,6 +1423,16 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			if (o->answer == NULL)
 				return NULL;
 			data = json_object_get(o->answer, "data");
+			/* Cut short, an id would name another item to every call. */
+			if (!fits(aej_string(o->answer, "id"), AE_ID_LEN) ||
+				!fits(data ? aej_string(data, "id") : NULL, AE_ID_LEN))
+			{
+				ereport(WARNING,
+						(errmsg("anthropic_env work poller left a work item of environment \"%s\" unacknowledged",
+								s->environment_id),
+						 errdetail("Its id or data id is longer than %d bytes.", AE_ID_LEN - 1)));
+				return NULL;
+			}
 			t->item = o->answer;
 			t->env = s;
 			strlcpy_or_empty(t->lease.work_id, aej_string(o->answer, "id"), AE_ID_LEN);
@@ -1406,6 +1451,14 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			next->endpoint = AE_WORK_ACK;
 			next->args[0] = t->lease.environment_id;
 			next->args[1] = t->lease.work_id;
+
+			/*
+			 * One attempt, as the poll's: a retry (or a 409's re-fetch)
+			 * waiting out a Retry-After would hold every other
+			 * environment's poll and ack.  What fails is stored as owed,
+			 * and the keeper's rounds send it again.
+			 */
+			next->no_retry = true;
 			return next;
 		case AE_WORK_ACK:
 			/*
@@ -1416,8 +1469,12 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			if (o->error && !(o->status == 409 && ae_effective_api_key() == NULL))
 			{
 				env_failed(s, o->error, psprintf("acknowledging work item \"%s\"", t->lease.work_id));
-				/* The server may have applied it: the keeper acks it again. */
-				t->ack_pending = o->status == 0 || ae_retry_may_have_acted(AE_END_ANSWER, o->status);
+				/*
+				 * The server may have applied it, or a 409's re-fetch
+				 * failed: the keeper acks it again.
+				 */
+				t->ack_pending = o->status == 0 || ae_retry_may_have_acted(AE_END_ANSWER, o->status) ||
+					(o->status == 409 && !ack_refused(o));
 				return NULL;
 			}
 			/*
@@ -1436,6 +1493,7 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			next->args[1] = t->lease.work_id;
 			next->query[0].name = "expected_last_heartbeat";
 			next->query[0].value = "NO_HEARTBEAT";
+			next->no_retry = true;
 			return next;
 		case AE_WORK_HEARTBEAT:
 			hb = o->answer ? aej_string(o->answer, "last_heartbeat") : NULL;
@@ -1443,11 +1501,23 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 			if (o->error)
 			{
 				env_failed(s, o->error, psprintf("claiming the lease of work item \"%s\"", t->lease.work_id));
-				/* The server may have applied it: the keeper claims it again. */
-				t->pending = o->status == 0 || ae_retry_may_have_acted(AE_END_ANSWER, o->status);
+				/*
+				 * The server may have applied it, or refused it for now (the
+				 * claim is sent once): the keeper claims it again.
+				 */
+				t->pending = o->status == 0 || o->status == 408 || o->status == 429 || o->status >= 500 ||
+					ae_retry_may_have_acted(AE_END_ANSWER, o->status);
 			}
 			if (o->error || hb == NULL)
 				return NULL;
+			if (!fits(hb, AE_HB_LEN))
+			{
+				ereport(WARNING,
+						(errmsg("anthropic_env work poller could not hold work item \"%s\"", t->lease.work_id),
+						 errdetail("The lease's last_heartbeat is longer than %d bytes; the item is left to expire on the server.",
+								   AE_HB_LEN - 1)));
+				return NULL;
+			}
 			t->ok = true;
 			/* The lease runs from now, not from the end of the round. */
 			t->claimed_at = GetCurrentTimestamp();
