@@ -204,7 +204,8 @@ CREATE TABLE anthropic.held_work (
 	error text,
 	healthcheck boolean NOT NULL DEFAULT false,
 	beat_unanswered boolean NOT NULL DEFAULT false,
-	ack_unanswered boolean NOT NULL DEFAULT false
+	ack_unanswered boolean NOT NULL DEFAULT false,
+	beat_unanswered_at timestamptz
 );
 COMMENT ON TABLE anthropic.held_work IS
 	'Internal: the lease keeper''s record of the items it holds, read back after a restart; read anthropic.leases instead';
@@ -212,6 +213,8 @@ COMMENT ON COLUMN anthropic.held_work.last_heartbeat IS
 	'The lease''s last heartbeat, echoed verbatim; NULL while the NO_HEARTBEAT claim after the ack is not confirmed (the keeper sends it again)';
 COMMENT ON COLUMN anthropic.held_work.beat_unanswered IS
 	'The last beat or claim went unanswered and may have been applied: the next beat''s 412 showing the lease it set is its success';
+COMMENT ON COLUMN anthropic.held_work.beat_unanswered_at IS
+	'When the latest unanswered beat or claim went out (or later): the lease it may have set is over a TTL after it, and a 412 showing a running lease is then another worker''s';
 COMMENT ON COLUMN anthropic.held_work.ack_unanswered IS
 	'Stored at the poll, before its ack: the ack''s answer is not seen yet, so the keeper acks again (a 409 there is reconciled) before it claims the lease';
 

@@ -331,7 +331,8 @@ load_held(void *arg)
 	if (SPI_execute("SELECT h.work_id, h.environment_id, h.data_type, h.data_id, h.state, h.consumer, "
 					"h.taken_at, h.last_beat_at, h.lease_expires_at, h.last_heartbeat, h.ttl_seconds, "
 					"h.remote_state, h.stop_sent_at, h.done_at, h.error, h.healthcheck, "
-					"s.work_id IS NOT NULL, h.beat_unanswered, f.finished_at, h.ack_unanswered "
+					"s.work_id IS NOT NULL, h.beat_unanswered, f.finished_at, h.ack_unanswered, "
+					"h.beat_unanswered_at "
 					"FROM anthropic.held_work h LEFT JOIN anthropic.work_secrets s USING (work_id) "
 					"LEFT JOIN anthropic.finished_work f USING (work_id) "
 					"ORDER BY h.taken_at", false, AE_MAX_LEASES) != SPI_OK_SELECT)
@@ -372,6 +373,7 @@ load_held(void *arg)
 		 */
 		l->beat_maybe_acted = (col(i, 18) && strcmp(col(i, 18), "t") == 0) ||
 			l->last_heartbeat[0] == '\0';
+		l->maybe_acted_at = l->beat_maybe_acted ? col_time(i, 21) : 0;
 		l->unacked = col(i, 20) && strcmp(col(i, 20), "t") == 0;
 
 		/* A session's committed work_finish() is in finished_work. */
@@ -456,19 +458,19 @@ static void
 persist(void *arg)
 {
 	PersistWork *w = arg;
-	Oid			types[16] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	Oid			types[17] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 		TIMESTAMPTZOID, TEXTOID, INT4OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
-	TIMESTAMPTZOID, INT4OID, BOOLOID, BOOLOID};
+	TIMESTAMPTZOID, INT4OID, BOOLOID, BOOLOID, TIMESTAMPTZOID};
 	int			i;
 
 	for (i = 0; i < w->nrows; i++)
 	{
 		AeLease    *l = &w->rows[i];
-		Datum		v[16];
-		char		n[16];
+		Datum		v[17];
+		char		n[17];
 		int			k;
 
-		for (k = 0; k < 16; k++)
+		for (k = 0; k < 17; k++)
 			n[k] = ' ';
 		v[0] = text_datum(l->work_id);
 		v[1] = text_datum(ae_lease_state_name(l->state));
@@ -496,6 +498,8 @@ persist(void *arg)
 		n[13] = l->claimed_pid ? ' ' : 'n';
 		v[14] = BoolGetDatum(l->beat_maybe_acted);
 		v[15] = BoolGetDatum(l->unacked);
+		v[16] = TimestampTzGetDatum(l->maybe_acted_at);
+		n[16] = l->beat_maybe_acted && l->maybe_acted_at ? ' ' : 'n';
 
 		/*
 		 * Sessions write only finished_work, never these rows; a row
@@ -509,9 +513,9 @@ persist(void *arg)
 								  "last_beat_at = $5, lease_expires_at = $6, last_heartbeat = $7, "
 								  "ttl_seconds = $8, remote_state = $9, stop_sent_at = $10, done_at = $11, "
 								  "error = $12, taken_at = $13, claimed_pid = $14, beat_unanswered = $15, "
-								  "ack_unanswered = $16 "
+								  "ack_unanswered = $16, beat_unanswered_at = $17 "
 								  "WHERE work_id = $1 AND (state <> 'finished' OR $2 = 'finished')",
-								  16, types, v, n, false, 0) != SPI_OK_UPDATE)
+								  17, types, v, n, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update anthropic.held_work");
 	}
 	for (i = 0; i < w->ngone; i++)
@@ -692,6 +696,20 @@ typedef struct Act Act;
 
 static int	send_acts(Act *acts, int n, int attempt_ms, TimestampTz now);
 
+/*
+ * The lease's beat (or claim) sent at `sent` (or earlier) went unanswered:
+ * the server may have applied it, and the lease it set runs at most a TTL
+ * from then.
+ */
+static void
+beat_unanswered(AeLease *l, TimestampTz sent)
+{
+	l->beat_maybe_acted = true;
+	if (sent > l->maybe_acted_at)
+		l->maybe_acted_at = sent;
+	l->dirty = true;
+}
+
 /* Whether s (NULL counts) fits a buffer of len bytes with its terminator. */
 static bool
 fits(const char *s, size_t len)
@@ -727,6 +745,7 @@ apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
 	strlcpy_or_empty(l->remote_state, state, sizeof(l->remote_state));
 	l->dirty = true;
 	l->beat_maybe_acted = false;
+	l->maybe_acted_at = 0;
 	l->resumed = false;
 	if (extended && hb && fits(hb, AE_HB_LEN))
 	{
@@ -764,6 +783,18 @@ apply_beat_answer(AeLease *l, json_t *answer, TimestampTz now)
 	}
 }
 
+/*
+ * Whether a lease our unanswered beat may have set must be over by now: a
+ * 412 showing a running lease is then another worker's (the server gave the
+ * item away while we were down), not that beat's success.
+ */
+static bool
+unanswered_lease_over(const AeLease *l, TimestampTz now)
+{
+	return l->maybe_acted_at != 0 &&
+		now >= TimestampTzPlusMilliseconds(l->maybe_acted_at, (int64) l->ttl_seconds * 1000);
+}
+
 static void
 apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 {
@@ -781,11 +812,24 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 	 * heartbeat.  Its 412 showing the lease that beat set is a success
 	 * (retry.c's rule, the same as for a retry within one call).
 	 */
-	if (o->status == 412 && l->beat_maybe_acted &&
+	if (o->status == 412 && l->beat_maybe_acted && !unanswered_lease_over(l, now) &&
 		ae_retry_reconcile(AE_RECONCILE_HEARTBEAT, o->status, o->failed_body,
 						   a->last_heartbeat, &answer) == AE_RECONCILED_ANSWER)
 	{
+		TimestampTz acted_at = l->maybe_acted_at;
+
 		apply_beat_answer(l, answer, now);
+
+		/*
+		 * That lease runs from the unanswered beat, not from now: it is
+		 * beaten again at once with the heartbeat it set.
+		 */
+		if (acted_at != 0 && (l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
+		{
+			l->last_beat_at = acted_at;
+			l->lease_expires_at = TimestampTzPlusMilliseconds(acted_at, (int64) l->ttl_seconds * 1000);
+			l->next_beat_at = now;
+		}
 		return;
 	}
 	if (o->status == 412 || o->status == 404)
@@ -809,7 +853,7 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 	 */
 	if (o->status == 0 || (o->status >= 200 && o->status < 300) ||
 		ae_retry_may_have_acted(AE_END_ANSWER, o->status))
-		l->beat_maybe_acted = true;
+		beat_unanswered(l, now);
 	ae_lease_strcpy(l->error, o->error ? o->error->message : "heartbeat failed", sizeof(l->error));
 	l->dirty = true;
 	l->next_beat_at = TimestampTzPlusMilliseconds(now, Min(1000, beat_interval_ms(l->ttl_seconds) / 2));
@@ -869,6 +913,7 @@ apply_ack(AeLease *l, const AeCallOutcome *o, TimestampTz now)
 	{
 		/* No claim was sent yet: its 412 would be another worker's. */
 		l->beat_maybe_acted = false;
+		l->maybe_acted_at = 0;
 		l->unacked = false;
 		l->error[0] = '\0';
 		l->next_beat_at = now;
@@ -1128,7 +1173,7 @@ keeper_stop(void)
 		if (l && inflight[i].kind == ACT_BEAT &&
 			(l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
 		{
-			l->beat_maybe_acted = true;
+			beat_unanswered(l, GetCurrentTimestamp());
 			l->dirty = true;
 		}
 	}
@@ -1159,7 +1204,7 @@ keeper_stop(void)
 					AeLease    *l = ae_lease_find(lfirst(lc));
 
 					if (l && (l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
-						l->beat_maybe_acted = true;
+						beat_unanswered(l, GetCurrentTimestamp());
 				}
 				LWLockRelease(ae_leases->lock);
 			}
@@ -1205,7 +1250,8 @@ write_unanswered(void *arg)
 		if (lock_row(lfirst(lc)) != 1)
 			continue;
 		v[0] = text_datum(lfirst(lc));
-		if (SPI_execute_with_args("UPDATE anthropic.held_work SET beat_unanswered = true WHERE work_id = $1",
+		if (SPI_execute_with_args("UPDATE anthropic.held_work SET beat_unanswered = true, beat_unanswered_at = now() "
+								  "WHERE work_id = $1",
 								  1, t, v, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update anthropic.held_work");
 	}
@@ -1238,7 +1284,7 @@ keeper_exit(int code, Datum arg)
 
 		if (l && inflight[i].kind == ACT_BEAT &&
 			(l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
-			l->beat_maybe_acted = true;
+			beat_unanswered(l, GetCurrentTimestamp());
 	}
 	for (i = 0; i < AE_MAX_LEASES; i++)
 	{
@@ -1306,11 +1352,13 @@ store_one(Taken *t, StoreStage stage)
 	v[7] = BoolGetDatum(stage == STORE_POLLED);
 	if (SPI_execute_with_args("INSERT INTO anthropic.held_work (work_id, environment_id, data_type, data_id, "
 							  "metadata, state, last_heartbeat, ttl_seconds, taken_at, last_beat_at, "
-							  "lease_expires_at, healthcheck, beat_unanswered, ack_unanswered) VALUES ($1, $2, "
-							  "$3, $4, $5, 'ready', $6, 120, now(), now(), now(), $7, $6 IS NULL, $8) "
+							  "lease_expires_at, healthcheck, beat_unanswered, ack_unanswered, beat_unanswered_at) "
+							  "VALUES ($1, $2, $3, $4, $5, 'ready', $6, 120, now(), now(), now(), $7, $6 IS NULL, $8, "
+							  "CASE WHEN $6 IS NULL THEN now() END) "
 							  "ON CONFLICT (work_id) "
 							  "DO UPDATE SET state = 'ready', last_heartbeat = EXCLUDED.last_heartbeat, "
 							  "beat_unanswered = EXCLUDED.beat_unanswered, ack_unanswered = EXCLUDED.ack_unanswered, "
+							  "beat_unanswered_at = EXCLUDED.beat_unanswered_at, "
 							  "taken_at = now(), done_at = NULL, stop_sent_at = NULL, error = NULL",
 							  8, types, v, n, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into anthropic.held_work");
@@ -1564,7 +1612,7 @@ adopt_unconfirmed(void *arg)
 		l->healthcheck = col(i, 5) && strcmp(col(i, 5), "t") == 0;
 		l->ttl_seconds = 120;
 		l->taken_at = l->last_beat_at = l->next_beat_at = now;
-		l->beat_maybe_acted = true;
+		beat_unanswered(l, now);
 		l->unacked = col(i, 6) && strcmp(col(i, 6), "t") == 0;
 		l->state = AE_LEASE_READY;
 		l->dirty = true;
@@ -1769,7 +1817,7 @@ poller_round(void)
 			l->last_beat_at = now2;
 			l->lease_expires_at = 0;
 			l->next_beat_at = now2;
-			l->beat_maybe_acted = true;
+			beat_unanswered(l, now2);
 			l->unacked = t->ack_pending;
 			l->dirty = true;
 			continue;

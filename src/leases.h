@@ -60,6 +60,8 @@ typedef struct AeLease
 	int			finishing_pid;	/* a session past its finish's last check */
 	bool		beat_maybe_acted;	/* the last beat (or claim) went unanswered;
 									 * kept in held_work.beat_unanswered */
+	TimestampTz maybe_acted_at;	/* when the latest of those went out (or
+								 * later); 0 if unknown */
 	bool		resumed;		/* read back after a restart, not beaten since */
 	bool		unacked;		/* polled, its ack's answer not seen: the
 								 * keeper acks it before the claim */

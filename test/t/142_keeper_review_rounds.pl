@@ -19,6 +19,10 @@
 #    when the first beat succeeds.
 # 4. Ids and heartbeats longer than the 127 bytes the keeper keeps were cut
 #    short, so a beat would name another item or never match.
+# 5. A beat that went unanswered was reconciled however long ago it went
+#    out: after a restart longer than the TTL, a 412 showing another
+#    worker's lease was taken as that beat's success, and the item was
+#    offered again.  Fixed: held_work.beat_unanswered_at bounds it.
 use strict;
 use warnings;
 
@@ -174,6 +178,30 @@ is(scalar(grep { $_->{path} =~ /\/ack$/ && index($_->{path}, 'LLLL') >= 0 } @{ $
 	'and is not acked under a cut id');
 is(sq("SELECT count(*) FROM anthropic.leases WHERE length(work_id) > 127 OR work_id LIKE 'work_LLL%'"), '0', 'nor held');
 sq("SELECT anthropic.unserve('$env_e')");
+
+# 5. A restart longer than the TTL after an unanswered beat: whatever
+# lease that beat set is over, so the running lease the first beat's 412
+# shows is another worker's, not that beat's success.
+my $env_f = new_env('review-f');
+my $wf = held_item($env_f);
+$fake->clear_requests;
+$fake->fault({ method => 'POST', path_regex => "/work/$wf/heartbeat\$", delay_ms => 1500, times => -1 });
+ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$wf\E/heartbeat$}) }, $ttl), 'a beat is in flight, held by the server');
+usleep(1_200_000);
+my $t_stop = time;
+$node->stop('fast');
+$fake->clear_faults;
+# The last beat the server applied went out before the stop and was
+# applied 1.5 s later: its lease is over a TTL after that.
+FakeApi::sleep_until($t_stop + 1.5 + $ttl + 1);
+$fake->call('POST', "/_fake/environments/$env_f/work/$wf/expire", {});
+$fake->clear_requests;
+$node->start;
+is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$wf'", 'lost', 8), 'lost',
+	'after a restart longer than the TTL the 412 is another worker\'s lease: the item is lost');
+my @bf = grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$wf\E/heartbeat$});
+is($bf[0]{status} // 0, 412, 'the first beat after the restart met the other lease (412)');
+is(scalar(grep { ($_->{status} // 0) == 200 } @bf), 0, 'and no beat took the other worker\'s lease over');
 
 $node->stop;
 done_testing();
