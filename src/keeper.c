@@ -99,6 +99,7 @@ static bool claims_confirmed = false;	/* a round confirmed a NO_HEARTBEAT claim 
 
 /* Set by SIGTERM in the keeper; see keeper_sigterm(). */
 static volatile sig_atomic_t keeper_stopping = false;
+static volatile sig_atomic_t keeper_sigterms = 0;	/* how many came */
 static bool stop_flushed = false;	/* keeper_stop() made its last write */
 
 void
@@ -374,6 +375,13 @@ load_held(void *arg)
 		l->beat_maybe_acted = (col(i, 18) && strcmp(col(i, 18), "t") == 0) ||
 			l->last_heartbeat[0] == '\0';
 		l->maybe_acted_at = l->beat_maybe_acted ? col_time(i, 21) : 0;
+		/*
+		 * An unconfirmed claim whose send was not recorded (the ack's
+		 * answer was stored, the claim's not yet): it went out after the
+		 * item was taken or last beaten.
+		 */
+		if (l->beat_maybe_acted && l->maybe_acted_at == 0)
+			l->maybe_acted_at = Max(l->last_beat_at, l->taken_at);
 		l->unacked = col(i, 20) && strcmp(col(i, 20), "t") == 0;
 
 		/* A session's committed work_finish() is in finished_work. */
@@ -829,6 +837,10 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 			l->last_beat_at = acted_at;
 			l->lease_expires_at = TimestampTzPlusMilliseconds(acted_at, (int64) l->ttl_seconds * 1000);
 			l->next_beat_at = now;
+			/* The server's TTL, which the answer may have changed, decides. */
+			if (l->lease_expires_at <= now && l->finishing_pid == 0)
+				mark(l, AE_LEASE_LOST,
+					 "lease lost: the heartbeat's precondition failed (another worker holds the item)");
 		}
 		return;
 	}
@@ -1093,6 +1105,7 @@ keeper_sigterm(SIGNAL_ARGS)
 	int			save_errno = errno;
 
 	keeper_stopping = true;
+	keeper_sigterms++;
 	InterruptPending = true;
 	QueryCancelPending = true;
 	SetLatch(MyLatch);
@@ -1136,7 +1149,11 @@ last_round(void)
 	}
 	LWLockRelease(ae_leases->lock);
 	if (n == 0)
+	{
+		ereport(LOG,
+				(errmsg("anthropic_env lease keeper holds no lease to beat on its way out")));
 		return NIL;
+	}
 	qsort(acts, n, sizeof(Act), act_older);
 	held = n;
 	n = Min(n, AE_MAX_CONCURRENCY);
@@ -1214,13 +1231,21 @@ keeper_stop(void)
 	}
 	PG_CATCH();
 	{
+		ErrorData  *edata;
+
 		/*
 		 * A second SIGTERM, or a failure: the last round's beats may be in
-		 * flight, and keeper_exit() records them as unanswered.
+		 * flight, and keeper_exit() records them as unanswered.  The log
+		 * says which, since the leases' fate after a restart hangs on it.
 		 */
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
 		FlushErrorState();
 		LWLockReleaseAll();
 		AbortOutOfAnyTransaction();
+		ereport(LOG,
+				(errmsg("anthropic_env lease keeper's last round was cut short: %s", edata->message),
+				 errdetail("SIGTERM came %d times.", (int) keeper_sigterms)));
 	}
 	PG_END_TRY();
 	ereport(FATAL,
@@ -1310,7 +1335,9 @@ typedef struct Taken
 	bool		polled;			/* a poll returned it */
 	bool		stored;			/* its row and secret stored (at the poll) */
 	bool		ok;				/* acked and its lease claimed */
-	bool		pending;		/* acked, the claim's answer lost: it may hold */
+	bool		pending;		/* acked, the claim's answer lost or refused
+								 * for now: the keeper claims it again */
+	bool		claim_maybe_acted;	/* that claim may have been applied */
 	bool		ack_pending;	/* stored at the poll, the ack's answer lost */
 	TimestampTz claimed_at;		/* when the lease was claimed */
 } Taken;
@@ -1521,7 +1548,8 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 				 * The server may have applied it, or a 409's re-fetch
 				 * failed: the keeper acks it again.
 				 */
-				t->ack_pending = o->status == 0 || ae_retry_may_have_acted(AE_END_ANSWER, o->status) ||
+				t->ack_pending = o->status == 0 || (o->status >= 200 && o->status < 300) ||
+					ae_retry_may_have_acted(AE_END_ANSWER, o->status) ||
 					(o->status == 409 && !ack_refused(o));
 				return NULL;
 			}
@@ -1553,8 +1581,9 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 				 * The server may have applied it, or refused it for now (the
 				 * claim is sent once): the keeper claims it again.
 				 */
-				t->pending = o->status == 0 || o->status == 408 || o->status == 429 || o->status >= 500 ||
+				t->claim_maybe_acted = o->status == 0 || (o->status >= 200 && o->status < 300) ||
 					ae_retry_may_have_acted(AE_END_ANSWER, o->status);
+				t->pending = t->claim_maybe_acted || o->status == 408 || o->status == 429 || o->status >= 500;
 			}
 			if (o->error || hb == NULL)
 				return NULL;
@@ -1817,7 +1846,9 @@ poller_round(void)
 			l->last_beat_at = now2;
 			l->lease_expires_at = 0;
 			l->next_beat_at = now2;
-			beat_unanswered(l, now2);
+			/* A claim refused for now (a 429) set no lease to reconcile. */
+			if (t->claim_maybe_acted || t->ack_pending)
+				beat_unanswered(l, now2);
 			l->unacked = t->ack_pending;
 			l->dirty = true;
 			continue;
