@@ -718,6 +718,21 @@ beat_unanswered(AeLease *l, TimestampTz sent)
 	l->dirty = true;
 }
 
+#define LOST_TO_ANOTHER_WORKER \
+	"lease lost: the heartbeat's precondition failed (another worker holds the item)"
+
+/*
+ * Whether a call that failed may still have been carried out: no answer,
+ * one a gateway may give after the server acted, or a success whose body
+ * we could not read.
+ */
+static bool
+failed_may_have_acted(const AeCallOutcome *o)
+{
+	return o->status == 0 || (o->status >= 200 && o->status < 300) ||
+		ae_retry_may_have_acted(AE_END_ANSWER, o->status);
+}
+
 /* Whether s (NULL counts) fits a buffer of len bytes with its terminator. */
 static bool
 fits(const char *s, size_t len)
@@ -840,7 +855,7 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 			/* The server's TTL, which the answer may have changed, decides. */
 			if (l->lease_expires_at <= now && l->finishing_pid == 0)
 				mark(l, AE_LEASE_LOST,
-					 "lease lost: the heartbeat's precondition failed (another worker holds the item)");
+					 LOST_TO_ANOTHER_WORKER);
 		}
 		return;
 	}
@@ -853,7 +868,7 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 		}
 		/* The SDK's rule: a lost lease is released, not stopped. */
 		mark(l, AE_LEASE_LOST, o->status == 412 ?
-			 "lease lost: the heartbeat's precondition failed (another worker holds the item)" :
+			 LOST_TO_ANOTHER_WORKER :
 			 "lease lost: the server no longer knows the item");
 		return;
 	}
@@ -863,8 +878,7 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 	 * success we could not read: the next beat may meet the lease this one
 	 * set.  It goes out soon; the TTL rule decides when the lease is lost.
 	 */
-	if (o->status == 0 || (o->status >= 200 && o->status < 300) ||
-		ae_retry_may_have_acted(AE_END_ANSWER, o->status))
+	if (failed_may_have_acted(o))
 		beat_unanswered(l, now);
 	ae_lease_strcpy(l->error, o->error ? o->error->message : "heartbeat failed", sizeof(l->error));
 	l->dirty = true;
@@ -1548,9 +1562,7 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 				 * The server may have applied it, or a 409's re-fetch
 				 * failed: the keeper acks it again.
 				 */
-				t->ack_pending = o->status == 0 || (o->status >= 200 && o->status < 300) ||
-					ae_retry_may_have_acted(AE_END_ANSWER, o->status) ||
-					(o->status == 409 && !ack_refused(o));
+				t->ack_pending = failed_may_have_acted(o) || (o->status == 409 && !ack_refused(o));
 				return NULL;
 			}
 			/*
@@ -1581,8 +1593,7 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 				 * The server may have applied it, or refused it for now (the
 				 * claim is sent once): the keeper claims it again.
 				 */
-				t->claim_maybe_acted = o->status == 0 || (o->status >= 200 && o->status < 300) ||
-					ae_retry_may_have_acted(AE_END_ANSWER, o->status);
+				t->claim_maybe_acted = failed_may_have_acted(o);
 				t->pending = t->claim_maybe_acted || o->status == 408 || o->status == 429 || o->status >= 500;
 			}
 			if (o->error || hb == NULL)

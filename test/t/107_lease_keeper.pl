@@ -21,7 +21,6 @@ sub sq { return $node->safe_psql('postgres', $_[0]); }
 
 sub poll_until { return FakeApi::poll_until($node, @_); }
 
-sub enqueue { return $fake->call('POST', "/_fake/environments/$_[0]/work", $_[1] // {})->{id}; }
 sub lease { return sq("SELECT state FROM anthropic.leases WHERE work_id = '$_[0]'"); }
 
 my $env = sq(q{SELECT id FROM anthropic.env_create('{"name": "keeper", "config": {"type": "self_hosted"}}')});
@@ -38,7 +37,7 @@ $fake->clear_requests;
 sleep 2;
 is(scalar($fake->requests_for(qr{/work/poll$})), 0, 'no session waits and prefetch is 0: no poll');
 
-my $w1 = enqueue($env, { metadata => { job => 'one' } });
+my $w1 = $fake->enqueue($env, { metadata => { job => 'one' } });
 my $t0 = time;
 my $row = sq("SELECT work_id, data_type, metadata->>'job', secret IS NOT NULL FROM anthropic.work_claim('$env', '5s', 'c1')");
 is($row, "$w1|session|one|t", 'work_claim waits for a poll and returns the item with its secret');
@@ -79,7 +78,7 @@ is($stops[0]{body}, '{"force":true}', 'stopped with force');
 is(sq("SELECT state FROM anthropic.work_get('$env', '$w1')"), 'stopped', 'the item is stopped remotely');
 
 # Rule 3: a lease lost before commit rolls the results back (40001).
-my $w2 = enqueue($env);
+my $w2 = $fake->enqueue($env);
 $bg->query_until(qr/claimed2/, "SELECT work_id AS w FROM anthropic.work_claim('$env', '5s') \\gset\n\\echo claimed2\n");
 is(lease($w2), 'claimed', 'second item claimed');
 
@@ -100,7 +99,7 @@ like($notes, qr/Asynchronous notification "anthropic_work" with payload "\Q$w2\E
 $bg->query_until(qr/released2/, "SELECT anthropic.work_release(:'w');\n\\echo released2\n");
 
 # Rule 4: a stop asked by the server.
-my $w3 = enqueue($env);
+my $w3 = $fake->enqueue($env);
 $bg->query_until(qr/claimed3/, "SELECT work_id AS w FROM anthropic.work_claim('$env', '5s') \\gset\n\\echo claimed3\n");
 is(lease($w3), 'claimed', 'third item claimed');
 sq("SELECT anthropic.work_stop('$env', '$w3')");
@@ -115,7 +114,7 @@ is(poll_until("SELECT state FROM anthropic.work_get('$env', '$w3')", 'stopped', 
 # Rule 8: healthcheck items are handled by the keeper alone.
 my $env2 = sq(q{SELECT id FROM anthropic.env_create('{"name": "hc", "config": {"type": "self_hosted"}}')});
 sq("SELECT anthropic.serve('$env2', prefetch => 1)");
-my $hc = enqueue($env2, { data => { type => 'healthcheck', id => 'hc_1' } });
+my $hc = $fake->enqueue($env2, { data => { type => 'healthcheck', id => 'hc_1' } });
 is(poll_until("SELECT state FROM anthropic.work_get('$env2', '$hc')", 'stopped', 5), 'stopped',
 	'a healthcheck item is acked, beaten and stopped by the keeper');
 is(sq("SELECT count(*) FROM anthropic.work_claim('$env2')"), '0', 'and never offered to sessions');
@@ -125,7 +124,7 @@ ok(scalar($fake->requests_for(qr{/work/\Q$hc\E/heartbeat$})) >= 1, 'it was beate
 my $env3 = sq(q{SELECT id FROM anthropic.env_create('{"name": "badkey", "config": {"type": "self_hosted"}}')});
 $fake->call('POST', "/_fake/environments/$env3/key", { key => 'a-key-this-database-lacks' });
 sq("SELECT anthropic.serve('$env3', prefetch => 1)");
-my $w4 = enqueue($env);
+my $w4 = $fake->enqueue($env);
 is(sq("SELECT count(*) FROM anthropic.work_claim('$env', '5s')"), '1', 'the good environment still gets its item');
 ok(poll_until(q{SELECT 1}, '1', 1), 'tick');
 my $log = slurp_file($node->logfile);
@@ -179,7 +178,7 @@ $standby->stop;
 # The claimed metadata is the server's text, taken from the poll's answer:
 # 16 keys (the API's most), with escapes and non-ASCII text.
 my %md = map { (sprintf('k%03d', $_) => "v$_ \"q\" \x{e9}\x{1F600}") } 1 .. 16;
-my $w6 = enqueue($env, { metadata => \%md });
+my $w6 = $fake->enqueue($env, { metadata => \%md });
 is(sq("SELECT count(*) FILTER (WHERE value = 'v' || substr(key, 2)::int || E' \"q\" \\u00e9\\U0001F600') FROM anthropic.work_claim('$env', '5s') c, jsonb_each_text(c.metadata)"),
 	'16', 'work_claim returns all 16 metadata keys with their values');
 

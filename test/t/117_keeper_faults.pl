@@ -24,15 +24,13 @@ $node->safe_psql('postgres', $FakeApi::T_TRY);
 
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub enqueue { return $fake->call('POST', "/_fake/environments/$_[0]/work", $_[1] // {})->{id}; }
 sub lease { return sq("SELECT state FROM anthropic.leases WHERE work_id = '$_[0]'"); }
-sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
 sub keeper_pid { return sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'anthropic_env keeper'}); }
 sub log_count { my $re = shift; my @m = (slurp_file($node->logfile) =~ /$re/g); return scalar @m; }
 
 like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
 	qr/^2$/, 'the keeper and the poller run');
-my $env = new_env('faults');
+my $env = FakeApi::new_env($node, 'faults');
 sq("SELECT anthropic.serve('$env')");
 
 # work_claim(wait => '10s') ends on statement_timeout within the recheck.
@@ -47,7 +45,7 @@ like(sq(qq{SELECT t_try(\$\$SELECT count(*) FROM anthropic.work_claim('$env', '0
 	qr/^err\|22001\|consumer is too long/, 'an over-long consumer raises 22001');
 
 # Texts from the API are cut at a character boundary.
-my $wmb = enqueue($env, { data => { type => ("\x{e9}" x 40), id => 'sesn_mb' } });
+my $wmb = $fake->enqueue($env, { data => { type => ("\x{e9}" x 40), id => 'sesn_mb' } });
 is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s', 'mb') w, anthropic.work_finish(w.work_id)"), $wmb,
 	'an item with a 80-byte data type is claimed and finished');
 is(sq(q{SELECT data_type = repeat(chr(233), 31) FROM anthropic.leases WHERE data_id = 'sesn_mb'}), 't',
@@ -67,7 +65,7 @@ ok(sq('SELECT count(*) FROM anthropic.work_secrets') >= 1, '(there are secrets t
 # 1. A committed finish is durable: a restart while its stop is pending
 # does not make the item ready again.  The keeper is held with SIGSTOP so
 # that it can neither flush nor stop before the server goes down.
-my $wf = enqueue($env);
+my $wf = $fake->enqueue($env);
 my $bg = $node->background_psql('postgres', on_error_stop => 0);
 $bg->query_until(qr/claimedf/, "SELECT work_id AS w FROM anthropic.work_claim('$env', '5s') \\gset\n\\echo claimedf\n");
 is(lease($wf), 'claimed', 'claimed by a session');
@@ -91,10 +89,10 @@ is(sq(q{SELECT to_regclass('result_f') IS NOT NULL}), 't', 'the results were kep
 
 # A transaction left open after work_finish holds the keeper up in
 # nothing: its row is written later, the other leases keep their beats.
-my $envx = new_env('open-xact');
+my $envx = FakeApi::new_env($node, 'open-xact');
 sq("SELECT anthropic.serve('$envx')");
-my $wx = enqueue($envx);
-my $wy = enqueue($envx);
+my $wx = $fake->enqueue($envx);
+my $wy = $fake->enqueue($envx);
 my $bx = $node->background_psql('postgres', on_error_stop => 0);
 $bx->query_until(qr/claimedx/, "SELECT work_id AS w FROM anthropic.work_claim('$envx', '5s') \\gset\n\\echo claimedx\n");
 is(sq("SELECT work_id FROM anthropic.work_claim('$envx', '5s')"), $wy, 'a second item, ready once that session ended');
@@ -113,7 +111,7 @@ is(sq("SELECT state FROM anthropic.held_work WHERE work_id = '$wx'"), 'finished'
 # An item whose ack fails is not claimed with NO_HEARTBEAT.
 is(sq("SELECT w.work_id FROM anthropic.work_claim('$envx', '1s') w, anthropic.work_finish(w.work_id)"), $wy,
 	'(the second item is finished too)');
-my $wk = enqueue($envx);
+my $wk = $fake->enqueue($envx);
 $fake->fault({ method => 'POST', path_regex => "/work/$wk/ack\$", status => 400, times => -1 });
 $fake->clear_requests;
 is(sq("SELECT count(*) FROM anthropic.work_claim('$envx', '2s')"), '0', 'an item whose ack fails is not offered');
@@ -128,9 +126,9 @@ sq("SELECT anthropic.unserve('$envx')");
 # 3. The keeper's own lost beat: the server applies it and the answer is
 # dropped; the next beat repeats the old heartbeat and gets 412 with the
 # lease that beat set, which is success, not a lost lease.
-my $envl = new_env('lostbeat');
+my $envl = FakeApi::new_env($node, 'lostbeat');
 sq("SELECT anthropic.serve('$envl')");
-my $wl = enqueue($envl);
+my $wl = $fake->enqueue($envl);
 is(sq("SELECT work_id FROM anthropic.work_claim('$envl', '5s')"), $wl, 'an item for the lost-beat case');
 poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$wl'", 'ready', 3);
 $fake->clear_requests;
@@ -145,21 +143,21 @@ ok(($b[-1]{status} // 0) == 200, 'and the beats after it succeed');
 
 # 2. One environment's hung or slowed beats hold no other's, nor the
 # dead-session check.
-my $envh = new_env('hung');
+my $envh = FakeApi::new_env($node, 'hung');
 sq("SELECT anthropic.serve('$envh')");
-my $wh = enqueue($envh);
+my $wh = $fake->enqueue($envh);
 is(sq("SELECT work_id FROM anthropic.work_claim('$envh', '5s')"), $wh, 'an item of the hung environment');
-my $envo = new_env('other');
+my $envo = FakeApi::new_env($node, 'other');
 sq("SELECT anthropic.serve('$envo')");
-my $wo = enqueue($envo);
+my $wo = $fake->enqueue($envo);
 is(sq("SELECT work_id FROM anthropic.work_claim('$envo', '5s')"), $wo, 'an item of another environment');
 poll_until("SELECT count(*) FROM anthropic.leases WHERE work_id IN ('$wh', '$wo') AND state = 'ready'", '2', 3);
 $fake->fault({ method => 'POST', path_regex => "/environments/$envh/work/[^/]+/heartbeat\$", delay_ms => 20000, times => -1 });
 $fake->clear_requests;
 $t0 = time;
-my $envd = new_env('dead');
+my $envd = FakeApi::new_env($node, 'dead');
 sq("SELECT anthropic.serve('$envd')");
-my $wd = enqueue($envd);
+my $wd = $fake->enqueue($envd);
 my $claimer = $node->background_psql('postgres');
 $claimer->query_until(qr/claimedd/, "SELECT work_id FROM anthropic.work_claim('$envd', '5s');\n\\echo claimedd\n");
 is(lease($wd), 'claimed', 'a session claims an item while the other beats hang');
@@ -180,7 +178,7 @@ is(lease($wh), 'lost', 'the hung lease is lost once no beat succeeded for the TT
 
 # The same with a 429 asking to wait a minute.
 $fake->clear_faults;
-my $wr = enqueue($envh);
+my $wr = $fake->enqueue($envh);
 is(sq("SELECT work_id FROM anthropic.work_claim('$envh', '5s')"), $wr, 'a new item of that environment');
 $fake->fault({ method => 'POST', path_regex => "/environments/$envh/work/[^/]+/heartbeat\$", status => 429,
 	headers => { 'retry-after' => '60' }, times => -1 });
@@ -198,9 +196,9 @@ sq("SELECT anthropic.unserve('$envh')");
 # an idle one whose long polls block for 999 ms.  Sessions wait for the
 # good and the idle environment first, so that their polls share rounds
 # with the failing environment's.
-my $envf = new_env('failing');
-my $envg = new_env('good');
-my $envi = new_env('idle');
+my $envf = FakeApi::new_env($node, 'failing');
+my $envg = FakeApi::new_env($node, 'good');
+my $envi = FakeApi::new_env($node, 'idle');
 sq("SELECT anthropic.serve('$envg')");
 sq("SELECT anthropic.serve('$envi')");
 $fake->fault({ method => 'GET', path_regex => "/environments/$envf/work/poll\$", status => 500, times => -1 });
@@ -212,7 +210,7 @@ sq("SELECT anthropic.serve('$envf', prefetch => 1)");
 sleep 3;
 $fake->clear_requests;
 my $te = time;
-my $wa = enqueue($envg);
+my $wa = $fake->enqueue($envg);
 my $claimed = $waiter->query_until(qr/claimedg/, '');
 like($claimed, qr/\Q$wa\E/, 'the good environment gets its item');
 my ($ack) = $fake->requests_for(qr{/work/\Q$wa\E/ack$});
@@ -231,13 +229,13 @@ $fake->clear_faults;
 sq("SELECT anthropic.unserve('$envf')");
 
 # 7. Healthcheck items are never announced.
-my $envc = new_env('hc');
+my $envc = FakeApi::new_env($node, 'hc');
 my $listener = $node->background_psql('postgres');
 $listener->query_until(qr/listening/, "LISTEN anthropic_work;\n\\echo listening\n");
 sq("SELECT anthropic.serve('$envc', prefetch => 1)");
-my $hc = enqueue($envc, { data => { type => 'healthcheck', id => 'hc_1' } });
+my $hc = $fake->enqueue($envc, { data => { type => 'healthcheck', id => 'hc_1' } });
 is(poll_until("SELECT state FROM anthropic.work_get('$envc', '$hc')", 'stopped', 5), 'stopped', 'the healthcheck item was handled');
-my $wn = enqueue($envc);
+my $wn = $fake->enqueue($envc);
 poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$wn'", 'ready', 5);
 my $notes = $listener->query_until(qr/got/, "SELECT 1;\n\\echo got\n");
 like($notes, qr/payload "\Q$wn\E"/, 'a session item of the same environment is announced');
@@ -258,7 +256,7 @@ sq(q{SELECT anthropic.unserve(environment_id) FROM anthropic.served_environments
 # no beat falls due while the table fills.
 $fake->call('POST', '/_fake/lease', { ttl_seconds => 600 });
 my $room = 1024 - sq('SELECT count(*) FROM anthropic.leases');
-my @envs = map { new_env("fill$_") } 1 .. 12;
+my @envs = map { FakeApi::new_env($node, "fill$_") } 1 .. 12;
 my $per = int(($room + 40) / @envs) + 1;
 for my $e (@envs)
 {

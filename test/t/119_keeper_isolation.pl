@@ -22,13 +22,11 @@ $node->safe_psql('postgres', $FakeApi::T_TRY);
 
 sub sq { return $node->safe_psql('postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub enqueue { return $fake->call('POST', "/_fake/environments/$_[0]/work", $_[1] // {})->{id}; }
 sub lease { return sq("SELECT state FROM anthropic.leases WHERE work_id = '$_[0]'"); }
-sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
 
 like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10),
 	qr/^2$/, 'the keeper and the poller run');
-my $env = new_env('iso');
+my $env = FakeApi::new_env($node, 'iso');
 sq("SELECT anthropic.serve('$env')");
 
 # 1. A waiting work_claim under REPEATABLE READ: the poller stores the item
@@ -36,7 +34,7 @@ sq("SELECT anthropic.serve('$env')");
 # The claim must still hand out the secret and the metadata.
 for my $iso ('REPEATABLE READ', 'SERIALIZABLE')
 {
-	my $w = enqueue($env, { metadata => { k => 'v' } });
+	my $w = $fake->enqueue($env, { metadata => { k => 'v' } });
 	my $got = sq("BEGIN ISOLATION LEVEL $iso;\n"
 		  . "SELECT work_id, secret IS NOT NULL, metadata IS NOT NULL FROM anthropic.work_claim('$env', '5s');\n"
 		  . "COMMIT;");
@@ -58,7 +56,7 @@ for my $iso ('REPEATABLE READ', 'SERIALIZABLE')
 # session still claims.
 for my $iso ('REPEATABLE READ', 'SERIALIZABLE')
 {
-	my $w = enqueue($env);
+	my $w = $fake->enqueue($env);
 	my $bg = $node->background_psql('postgres', on_error_stop => 0);
 	$bg->query_until(qr/claimed1/, "SELECT work_id AS w FROM anthropic.work_claim('$env', '5s') \\gset\n\\echo claimed1\n");
 	is(lease($w), 'claimed', "$iso: claimed by a session");

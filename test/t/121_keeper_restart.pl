@@ -24,9 +24,7 @@ $node->safe_psql('postgres', $FakeApi::T_TRY);
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub enqueue { return $fake->call('POST', "/_fake/environments/$_[0]/work", $_[1] // {})->{id}; }
 sub lease { return sq("SELECT state FROM anthropic.leases WHERE work_id = '$_[0]'"); }
-sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
 sub fired { my $id = shift; my ($r) = grep { $_->{id} eq $id } @{ $fake->call('GET', '/_fake/faults')->{data} }; return $r ? $r->{fired} : 0; }
 
 # Waits until $cond returns true, at most $seconds; returns whether it did.
@@ -36,7 +34,7 @@ sub fired { my $id = shift; my ($r) = grep { $_->{id} eq $id } @{ $fake->call('G
 sub held_item
 {
 	my ($env) = @_;
-	my $w = enqueue($env);
+	my $w = $fake->enqueue($env);
 	is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s')"), $w, "an item of $env is taken");
 	is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready', 3), 'ready', 'and ready again');
 	return $w;
@@ -48,7 +46,7 @@ like(poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('
 # 4. Outside anthropic.sync_database the keeper's functions raise 55000:
 # the lease table is cluster-wide, the secrets are not, so a claim there
 # would hand out an item without its secret.
-my $env4 = new_env('two-databases');
+my $env4 = FakeApi::new_env($node, 'two-databases');
 sq("SELECT anthropic.serve('$env4')");
 my $w4 = held_item($env4);
 sq('CREATE DATABASE other');
@@ -79,7 +77,7 @@ sq("SELECT anthropic.unserve('$env4')");
 # keeper never saw.  Every beat's answer is dropped until the server is
 # down, so the keeper cannot reconcile before the restart; after it, the
 # first beat's 412 showing that lease is the lost beat's success.
-my $env1 = new_env('unanswered');
+my $env1 = FakeApi::new_env($node, 'unanswered');
 sq("SELECT anthropic.serve('$env1')");
 my $w1 = held_item($env1);
 my $f1 = $fake->fault({ method => 'POST', path_regex => "/work/$w1/heartbeat\$", close => JSON::PP::true,
@@ -103,7 +101,7 @@ is(($node->psql('postgres', "SELECT beat_unanswered FROM anthropic.held_work WHE
 # The same with the beat in flight when SIGTERM comes (the fake holds it
 # for 2 s): the keeper drops it and, on its way out, beats the lease once
 # more; that beat's heartbeat is what the restart reads back.
-my $env5 = new_env('in-flight');
+my $env5 = FakeApi::new_env($node, 'in-flight');
 sq("SELECT anthropic.serve('$env5')");
 my $w5 = held_item($env5);
 $fake->clear_requests;
@@ -134,11 +132,11 @@ is(lease($w1), 'ready', 'the first item is still held too');
 # claim hangs, the server goes down.  It was stored at the ack, so the
 # restart reads it back and the keeper claims it again; whichever of the
 # two claims lands first, the item ends up held with its secret.
-my $env2 = new_env('claim-in-flight');
+my $env2 = FakeApi::new_env($node, 'claim-in-flight');
 sq("SELECT anthropic.serve('$env2', prefetch => 1)");
 $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/environments/$env2/work/[^/]+/heartbeat\$", delay_ms => 2500, times => 1 });
-my $w2 = enqueue($env2);
+my $w2 = $fake->enqueue($env2);
 ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w2\E/heartbeat$}) }, 6), 'the claim is in flight');
 ok(scalar($fake->requests_for(qr{/work/\Q$w2\E/ack$})), 'after the ack');
 is(sq("SELECT (last_heartbeat IS NULL)::text || '|' || state FROM anthropic.held_work WHERE work_id = '$w2'"), 'true|ready',
@@ -160,9 +158,9 @@ sq("SELECT anthropic.unserve('$env2')");
 # 3. unserve(): ready items are released (shown lost, NOTIFY, no more
 # beats), a claimed one is beaten until its session lets it go, and the
 # environment is no longer polled.
-my $env3 = new_env('unserved');
+my $env3 = FakeApi::new_env($node, 'unserved');
 sq("SELECT anthropic.serve('$env3')");
-my $wa = enqueue($env3);
+my $wa = $fake->enqueue($env3);
 my $holder = $node->background_psql('postgres', on_error_stop => 0);
 $holder->query_until(qr/claimeda/, "SELECT work_id AS w FROM anthropic.work_claim('$env3', '5s') \\gset\n\\echo claimeda\n");
 is(lease($wa), 'claimed', 'one item is claimed by a session');
@@ -179,7 +177,7 @@ my $notes = $listener->query_until(qr/got/, "SELECT 1;\n\\echo got\n");
 like($notes, qr/payload "\Q$wb\E"/, 'a NOTIFY announced it');
 is(lease($wa), 'claimed', 'the claimed item stays claimed');
 $fake->clear_requests;
-my $wc = enqueue($env3);
+my $wc = $fake->enqueue($env3);
 sleep 5;
 is(scalar($fake->requests_for(qr{/work/\Q$wb\E/heartbeat$})), 0, 'the released item is no longer beaten');
 ok(scalar(grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$wa\E/heartbeat$})) >= 1, 'the claimed one still is');

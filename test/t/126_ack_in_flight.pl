@@ -26,17 +26,11 @@ my $node = $fake->new_node('ackflight',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
 
-sub workers_run
-{
-	return poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10);
-}
-
-is(workers_run(), '2', 'the keeper and the poller run');
+is(FakeApi::workers_run($node), '2', 'the keeper and the poller run');
 
 # 1. The poller alone is terminated while an ack is in flight.
-my $env1 = new_env('ack-poller-restart');
+my $env1 = FakeApi::new_env($node, 'ack-poller-restart');
 $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/environments/$env1/work/[^/]+/ack\$", delay_ms => 2500, times => 1 });
 sq("SELECT anthropic.serve('$env1', prefetch => 1)");
@@ -47,7 +41,7 @@ sq("SELECT pg_terminate_backend($ppid)");
 ok(FakeApi::wait_for(sub { (sq("SELECT state FROM anthropic.work_get('$env1', '$w1')")) =~ /^(starting|active)$/ }, 5),
 	'the server carried the ack out after the poller was gone');
 ok(scalar($fake->requests_for(qr{/work/\Q$w1\E/ack$})) >= 2, 'and the keeper acked the item again (its 409 reconciled)');
-is(workers_run(), '2', 'the poller is back');
+is(FakeApi::workers_run($node), '2', 'the poller is back');
 is(poll_until("SELECT coalesce((SELECT state FROM anthropic.leases WHERE work_id = '$w1'), 'not held')", 'ready', 8),
 	'ready', 'the acked item is held by the database after the poller restarted');
 is(sq("SELECT state FROM anthropic.work_get('$env1', '$w1')"), 'active', 'and its lease is claimed on the server');
@@ -55,7 +49,7 @@ is(sq("SELECT count(*) FROM anthropic.work_claim('$env1', '2s')"), '1', 'a sessi
 sq("SELECT anthropic.unserve('$env1')");
 
 # 2. The same at a clean server restart.
-my $env2 = new_env('ack-server-restart');
+my $env2 = FakeApi::new_env($node, 'ack-server-restart');
 $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/environments/$env2/work/[^/]+/ack\$", delay_ms => 2500, times => 1 });
 sq("SELECT anthropic.serve('$env2', prefetch => 1)");
@@ -64,7 +58,7 @@ ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w2\E/ack$}) },
 $node->stop('fast');
 sleep 3;
 $node->start;
-is(workers_run(), '2', 'the keeper and the poller run again');
+is(FakeApi::workers_run($node), '2', 'the keeper and the poller run again');
 is(sq("SELECT state FROM anthropic.work_get('$env2', '$w2')") =~ /^(starting|active)$/ ? 'acked' : 'not acked', 'acked',
 	'the server carried the ack out');
 is(poll_until("SELECT coalesce((SELECT state FROM anthropic.leases WHERE work_id = '$w2'), 'not held')", 'ready', 8),

@@ -25,19 +25,13 @@ my $node = $fake->new_node('unconfirmed',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
 sub fired { my $id = shift; my ($r) = grep { $_->{id} eq $id } @{ $fake->call('GET', '/_fake/faults')->{data} }; return $r ? $r->{fired} : 0; }
 
-sub workers_run
-{
-	return poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10);
-}
-
-is(workers_run(), '2', 'the keeper and the poller run');
+is(FakeApi::workers_run($node), '2', 'the keeper and the poller run');
 
 # 1. Every attempt of the claim is applied and its answer dropped (the
 # first attempt and anthropic.max_retries = 2 retries), no restart.
-my $env1 = new_env('claim-unanswered');
+my $env1 = FakeApi::new_env($node, 'claim-unanswered');
 sq("SELECT anthropic.serve('$env1')");
 my $w1 = $fake->call('POST', "/_fake/environments/$env1/work", {})->{id};
 my $f1 = $fake->fault({ method => 'POST', path_regex => "/work/$w1/heartbeat\$", close => JSON::PP::true,
@@ -59,7 +53,7 @@ is(sq("SELECT state FROM anthropic.work_get('$env1', '$w1')"), 'active', 'active
 sq("SELECT anthropic.unserve('$env1')");
 
 # 2. The poller alone goes while the claim is in flight.
-my $env2 = new_env('claim-poller-restart');
+my $env2 = FakeApi::new_env($node, 'claim-poller-restart');
 $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/environments/$env2/work/[^/]+/heartbeat\$", delay_ms => 2500, times => 1 });
 sq("SELECT anthropic.serve('$env2', prefetch => 1)");
@@ -67,7 +61,7 @@ my $w2 = $fake->call('POST', "/_fake/environments/$env2/work", {})->{id};
 ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w2\E/heartbeat$}) }, 6), 'the claim is in flight');
 my $ppid = sq(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'anthropic_env poller'});
 sq("SELECT pg_terminate_backend($ppid)");
-is(workers_run(), '2', 'the poller is back');
+is(FakeApi::workers_run($node), '2', 'the poller is back');
 is(poll_until("SELECT coalesce((SELECT state FROM anthropic.leases WHERE work_id = '$w2'), 'not held')", 'ready', 6),
 	'ready', 'the restarted poller adopted the item');
 ok(FakeApi::wait_for(sub { grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w2\E/heartbeat$}) }, 8),

@@ -42,21 +42,14 @@ my $node = $fake->new_node('reviewrounds',
 
 sub sq { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
 sub poll_until { return FakeApi::poll_until($node, @_); }
-sub new_env { return sq(qq{SELECT id FROM anthropic.env_create('{"name": "$_[0]", "config": {"type": "self_hosted"}}')}); }
-sub enqueue { return $fake->call('POST', "/_fake/environments/$_[0]/work", $_[1] // {})->{id}; }
 sub lease { return sq("SELECT coalesce((SELECT state FROM anthropic.leases WHERE work_id = '$_[0]'), 'not held')"); }
 sub pid_of { return sq("SELECT pid FROM pg_stat_activity WHERE backend_type = 'anthropic_env $_[0]'"); }
-
-sub workers_run
-{
-	return poll_until(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')}, '2', 10);
-}
 
 sub held_item
 {
 	my $env = shift;
 	sq("SELECT anthropic.serve('$env')");
-	my $w = enqueue($env);
+	my $w = $fake->enqueue($env);
 	is(sq("SELECT work_id FROM anthropic.work_claim('$env', '5s')"), $w, "an item of $env is taken");
 	is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready', 3), 'ready', 'and ready again, held');
 	return $w;
@@ -71,19 +64,19 @@ sub ack_lost
 	$fake->fault({ method => 'POST', path_regex => "/environments/$env/work/[^/]+/ack\$", close => JSON::PP::true,
 		after => JSON::PP::true, times => 1 });
 	sq("SELECT anthropic.serve('$env', prefetch => 1)");
-	my $w = enqueue($env);
+	my $w = $fake->enqueue($env);
 	ok(FakeApi::wait_for(sub { grep { ($_->{status} // 0) == 409 } $fake->requests_for(qr{/work/\Q$w\E/ack$}) }, 6),
 		"the keeper acked $w again and met the first ack's 409");
 	return $w;
 }
 
-is(workers_run(), '2', 'the keeper and the poller run');
+is(FakeApi::workers_run($node), '2', 'the keeper and the poller run');
 
 # 1. A throttled re-fetch neither holds the round nor releases the item
 # (nor holds the poller: the poller's ack is one attempt).
-my $env_a = new_env('review-a');
+my $env_a = FakeApi::new_env($node, 'review-a');
 my $wa = held_item($env_a);
-my $env_b = new_env('review-b');
+my $env_b = FakeApi::new_env($node, 'review-b');
 $fake->fault({ method => 'GET', path_regex => "^/v1/environments/$env_b/work/work_[^/]+\$", status => 429,
 	headers => { 'retry-after' => '20' }, times => 2 });
 $fake->clear_requests;
@@ -107,7 +100,7 @@ sq("SELECT anthropic.unserve('$env_b')");
 # ends within 1 s and the item is held after it comes back.  (libcurl
 # sends the dropped ack again at once, so the poller meets the 409 first:
 # its re-fetch fails fast, the keeper's re-ack is held 900 ms.)
-my $env_c = new_env('review-c');
+my $env_c = FakeApi::new_env($node, 'review-c');
 $fake->fault({ method => 'GET', path_regex => "^/v1/environments/$env_c/work/work_[^/]+\$", status => 503, times => 1 });
 $fake->fault({ method => 'GET', path_regex => "^/v1/environments/$env_c/work/work_[^/]+\$", delay_ms => 900, times => 1 });
 my $kpid = pid_of('keeper');
@@ -121,7 +114,7 @@ my $took = time - $t_term;
 cmp_ok($took, '<', 1.0, sprintf('within 1 s of SIGTERM (%.0f ms)', $took * 1000));
 diag(join("\n", map { sprintf('%+.3f %s %s %s', $_->{time} - $t_term, $_->{method}, $_->{path}, $_->{status} // '-') } $fake->requests_for(qr{\Q$wc\E})));
 $fake->clear_requests;
-is(workers_run(), '2', 'the keeper is back');
+is(FakeApi::workers_run($node), '2', 'the keeper is back');
 is(poll_until("SELECT coalesce((SELECT state FROM anthropic.leases WHERE work_id = '$wc'), 'not held')", 'ready', 8),
 	'ready', 'the item whose re-fetch the SIGTERM cut short is held, not released');
 ok(scalar(grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$wc\E$})) >= 1, 'a re-fetch after the keeper came back checked it')
@@ -131,7 +124,7 @@ sq("SELECT anthropic.unserve('$env_c')");
 sq("SELECT anthropic.unserve('$env_a')");
 
 # 3. After a restart an item is announced when a session can take it.
-my $env_d = new_env('review-d');
+my $env_d = FakeApi::new_env($node, 'review-d');
 my $wd = held_item($env_d);
 $node->stop('fast');
 $fake->clear_requests;
@@ -165,7 +158,7 @@ is($claimable, '1', 'and when announced, a session could take it');
 sq("SELECT anthropic.unserve('$env_d')");
 
 # 4. Ids and heartbeats longer than 127 bytes.
-my $env_e = new_env('review-e');
+my $env_e = FakeApi::new_env($node, 'review-e');
 my $we = held_item($env_e);
 my $long_hb = '2026-01-01T00:00:00.000000Z' . ('x' x 150);
 $fake->fault({ method => 'POST', path_regex => "/work/$we/heartbeat\$", status => 200, times => 1,
@@ -191,7 +184,7 @@ sq("SELECT anthropic.unserve('$env_e')");
 # 5. A restart longer than the TTL after an unanswered beat: whatever
 # lease that beat set is over, so the running lease the first beat's 412
 # shows is another worker's, not that beat's success.
-my $env_f = new_env('review-f');
+my $env_f = FakeApi::new_env($node, 'review-f');
 my $wf = held_item($env_f);
 $fake->clear_requests;
 $fake->fault({ method => 'POST', path_regex => "/work/$wf/heartbeat\$", delay_ms => 1500, times => -1 });

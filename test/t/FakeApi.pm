@@ -108,6 +108,31 @@ sub requests_matching
 	return scalar grep { $_->{path} =~ $re && (!$answered || defined $_->{status}) } @{ $self->requests };
 }
 
+# Queues a work item on environment $env (optional body); returns its id.
+sub enqueue
+{
+	my ($self, $env, $body) = @_;
+	return $self->call('POST', "/_fake/environments/$env/work", $body // {})->{id};
+}
+
+# Creates a self-hosted environment named $name through $node; returns its id.
+sub new_env
+{
+	my ($node, $name) = @_;
+	return $node->safe_psql('postgres',
+		qq{SELECT id FROM anthropic.env_create('{"name": "$name", "config": {"type": "self_hosted"}}')});
+}
+
+# Waits up to 10 s for the lease keeper and the work poller of $node to
+# run; returns how many run.
+sub workers_run
+{
+	my ($node) = @_;
+	return poll_until($node,
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('anthropic_env keeper', 'anthropic_env poller')},
+		'2', 10);
+}
+
 # The logged /v1 requests whose path matches $re, in arrival order.
 sub requests_for
 {
