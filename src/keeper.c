@@ -99,7 +99,6 @@ static bool claims_confirmed = false;	/* a round confirmed a NO_HEARTBEAT claim 
 
 /* Set by SIGTERM in the keeper; see keeper_sigterm(). */
 static volatile sig_atomic_t keeper_stopping = false;
-static volatile sig_atomic_t keeper_sigterms = 0;	/* how many came */
 static bool stop_flushed = false;	/* keeper_stop() made its last write */
 
 void
@@ -1112,16 +1111,25 @@ send_acts(Act *acts, int n, int attempt_ms, TimestampTz now)
  * next interrupt check through the transport's own cleanup (a FATAL there
  * would leave its transfers inside the multi handle, and no last round
  * could be sent), and the main loop then sends the last round and exits.
+ *
+ * Only the first SIGTERM cancels.  The postmaster signals a child and then
+ * the child's process group (signal_child()), so one shutdown delivers
+ * SIGTERM twice whenever the keeper runs between the two kills; taking the
+ * second as "hurry" cut the last round short about a millisecond after it
+ * began.  The last round ends by its own bound, and SIGQUIT remains for an
+ * immediate stop.
  */
 static void
 keeper_sigterm(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
-	keeper_stopping = true;
-	keeper_sigterms++;
-	InterruptPending = true;
-	QueryCancelPending = true;
+	if (!keeper_stopping)
+	{
+		keeper_stopping = true;
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
 	SetLatch(MyLatch);
 	errno = save_errno;
 }
@@ -1248,9 +1256,10 @@ keeper_stop(void)
 		ErrorData  *edata;
 
 		/*
-		 * A second SIGTERM, or a failure: the last round's beats may be in
-		 * flight, and keeper_exit() records them as unanswered.  The log
-		 * says which, since the leases' fate after a restart hangs on it.
+		 * A failure (a lock timeout, out of memory): the last round's beats
+		 * may be in flight, and keeper_exit() records them as unanswered.
+		 * The log says why, since the leases' fate after a restart hangs on
+		 * it.
 		 */
 		MemoryContextSwitchTo(TopMemoryContext);
 		edata = CopyErrorData();
@@ -1258,8 +1267,7 @@ keeper_stop(void)
 		LWLockReleaseAll();
 		AbortOutOfAnyTransaction();
 		ereport(LOG,
-				(errmsg("anthropic_env lease keeper's last round was cut short: %s", edata->message),
-				 errdetail("SIGTERM came %d times.", (int) keeper_sigterms)));
+				(errmsg("anthropic_env lease keeper's last round was cut short: %s", edata->message)));
 	}
 	PG_END_TRY();
 	ereport(FATAL,
@@ -1297,8 +1305,8 @@ write_unanswered(void *arg)
 }
 
 /*
- * An exit other than through keeper_stop() (an error, a second SIGTERM in
- * the last round) may leave beats in flight that the server applies after
+ * An exit other than through keeper_stop() (an error, or a failure in the
+ * last round) may leave beats in flight that the server applies after
  * we are gone, or a failed beat not flushed.  A clean restart must not
  * read that as another worker's beat:
  * every such lease is recorded as beat_unanswered, so that load_held()

@@ -5,7 +5,14 @@
 # last_heartbeat and beat_maybe_acted is never set.  The restarted keeper's
 # next beat meets the heartbeat the last round set (412) and, with nothing
 # telling it that beat was its own, drops the item as lost.
-# Fixed: keeper_exit() records the last round's beats as unanswered.
+# Fixed first: keeper_exit() records the last round's beats as unanswered.
+#
+# Then found: the postmaster itself sends that second SIGTERM.  Its
+# signal_child() kills the child and then the child's process group, which
+# the child leads, so a fast shutdown cut the last round short whenever the
+# keeper ran between the two kills.  Fixed: only the first SIGTERM cancels;
+# the last round ends by its own 0.5 s bound.  Both shapes are sent here: the
+# postmaster's (pid, then group, at once) and a later one to the group.
 use strict;
 use warnings;
 
@@ -41,31 +48,54 @@ $fake->clear_requests;
 ok(FakeApi::wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'a beat succeeds');
 usleep(300_000);
 
-# Every beat is answered 300 ms late: the last round's one is in flight when
-# the second SIGTERM comes, and the server applies it all the same.
-$fake->fault({ method => 'POST', path_regex => "/work/$w/heartbeat\$", delay_ms => 300, times => -1 });
-$fake->clear_requests;
-my $kpid = keeper_pid();
-my $logpos = -s $node->logfile;
-kill 'TERM', $kpid;
-ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, 1), 'the last round sends a beat');
-usleep(80_000);
-kill 'TERM', $kpid;
-ok(FakeApi::wait_for(sub { sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid") eq '0' }, 3), 'the keeper ends');
-usleep(400_000);    # the held beat is carried out at the server
-$fake->clear_faults;
+# Every beat is answered 300 ms late, so a last round's beat is in flight
+# when the second SIGTERM comes.
+sub shutdown_with_two_sigterms
+{
+	my ($label, $gap_us) = @_;
+	$fake->fault({ method => 'POST', path_regex => "/work/$w/heartbeat\$", delay_ms => 300, times => -1 });
+	$fake->clear_requests;
+	my $kpid = keeper_pid();
+	my $logpos = -s $node->logfile;
+	my $t_term = time;
+	kill 'TERM', $kpid;
+	if ($gap_us)
+	{
+		ok(FakeApi::wait_for(sub { scalar $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, 1), "$label: the last round sends a beat");
+		usleep($gap_us);
+	}
+	kill 'TERM', -$kpid;
+	ok(FakeApi::wait_for(sub { sq("SELECT count(*) FROM pg_stat_activity WHERE pid = $kpid") eq '0' }, 3), "$label: the keeper ends");
+	my $took = time - $t_term;
+	cmp_ok($took, '<', 1.0, sprintf("$label: within 1 s of the first SIGTERM (%.0f ms)", $took * 1000));
+	$fake->clear_faults;
+	my $tail = substr(slurp_file($node->logfile), $logpos);
+	like($tail, qr/LOG:  anthropic_env lease keeper beat 1 of 1 held leases on its way out, 1 answered/,
+		"$label: the second SIGTERM did not cut the last round short")
+	  or diag("server log from the first SIGTERM:\n$tail");
+	unlike($tail, qr/last round was cut short/, "$label: and the keeper does not say it was");
+	unlike($tail, qr/PANIC|TRAP|terminated by signal/, "$label: no crash");
 
-# The postmaster starts the keeper again after 1 s; shared memory kept the lease.
-ok(FakeApi::wait_for(sub { my $p = keeper_pid(); $p ne '0' && $p ne $kpid }, 5), 'the keeper is back');
+	# The postmaster starts the keeper again after 1 s; shared memory kept the lease.
+	ok(FakeApi::wait_for(sub { my $p = keeper_pid(); $p ne '0' && $p ne $kpid }, 5), "$label: the keeper is back");
+	$fake->clear_requests;
+	ok(FakeApi::wait_for(sub { scalar grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl),
+		"$label: it beats again");
+	usleep(500_000);
+	my @b = map { $_->{status} } grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$});
+	is($b[0], 200, "$label: its first beat after the restart is answered 200 (the last round's beat was recorded)")
+	  or diag("beats after the restart: @b");
+	is(sq("SELECT state || '|' || coalesce(error, '') FROM anthropic.leases WHERE work_id = '$w'"), 'ready|',
+		"$label: the item is still held");
+}
+
+# What signal_child() does: the pid, then its process group, at once.
+shutdown_with_two_sigterms('as the postmaster sends them', 0);
+# A second one 80 ms into the last round, while its beat is held.
 $fake->clear_requests;
-ok(FakeApi::wait_for(sub { scalar grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'it beats again');
-usleep(500_000);
-my @b = map { $_->{status} } grep { defined $_->{status} } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$});
-diag("beats after the restart: @b");
-is(sq("SELECT state || '|' || coalesce(error, '') FROM anthropic.leases WHERE work_id = '$w'"), 'ready|',
-	'the item is still held: the last round\'s beat was its own');
-my $tail = substr(slurp_file($node->logfile), $logpos);
-unlike($tail, qr/PANIC|TRAP|terminated by signal/, 'no crash');
+ok(FakeApi::wait_for(sub { scalar grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl), 'a beat succeeds');
+usleep(300_000);
+shutdown_with_two_sigterms('80 ms apart', 80_000);
 
 $node->stop;
 done_testing();
