@@ -49,6 +49,8 @@
 
 #define AE_MAX_HEADERS 8
 
+ae_http_wait_hook_type ae_http_wait_hook = NULL;
+
 /*
  * The wait event a backend shows in pg_stat_activity while a request is
  * in flight: "Extension" before PostgreSQL 17, a named one from 17 on.
@@ -737,6 +739,8 @@ transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
 		int			left;
 
 		CHECK_FOR_INTERRUPTS();
+		if (ae_http_wait_hook)
+			ae_http_wait_hook();
 
 		/* Start what may start: retries that are due, then new ones. */
 		now = GetCurrentTimestamp();

@@ -15,7 +15,9 @@
  *   is capped well below one interval and not retried within the round, so
  *   no beat holds the others; the keeper sends a failed beat again and
  *   reconciles the 412 that may follow its own unanswered beat.  It
- *   notices dead sessions, lost leases and stop requests, sends the force
+ *   notices dead sessions (from inside a round's waits too, so that a slow
+ *   round holds no dead session's item), lost leases and stop requests,
+ *   sends the force
  *   stops, writes the table anthropic.held_work that a restart reads back
  *   (with anthropic.finished_work, which work_finish() writes), and sends
  *   every NOTIFY anthropic_work.
@@ -651,6 +653,9 @@ mark(AeLease *l, AeLeaseState state, const char *error)
 		l->done_at = GetCurrentTimestamp();
 }
 
+/* When reap_dead_sessions() last ran. */
+static TimestampTz reaped_at = 0;
+
 /* Sessions that ended without finishing hand their items back. */
 static void
 reap_dead_sessions(void)
@@ -658,6 +663,7 @@ reap_dead_sessions(void)
 	int			i;
 	bool		ready = false;
 
+	reaped_at = GetCurrentTimestamp();
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 	for (i = 0; i < AE_MAX_LEASES; i++)
 	{
@@ -682,6 +688,22 @@ reap_dead_sessions(void)
 	LWLockRelease(ae_leases->lock);
 	if (ready)
 		ConditionVariableBroadcast(&ae_leases->ready_cv);
+}
+
+/*
+ * The transport's wait hook in the keeper.  A round lasts as long as its
+ * slowest wave of calls: with more than AE_MAX_CONCURRENCY beats hung it
+ * runs one attempt per wave, and a round's re-fetches go one after another.
+ * A dead session's item must be ready again within 2 s all the same, so the
+ * check runs from inside the round's waits as well, every tick.
+ */
+static void
+reap_while_sending(void)
+{
+	if (ae_leases == NULL || LWLockHeldByMe(ae_leases->lock) ||
+		!TimestampDifferenceExceeds(reaped_at, GetCurrentTimestamp(), AE_KEEPER_TICK_MS))
+		return;
+	reap_dead_sessions();
 }
 
 typedef enum ActKind
@@ -1951,7 +1973,10 @@ ae_keeper_main(Datum arg)
 	LWLockRelease(ae_leases->lock);
 	before_shmem_exit(detach, Int32GetDatum(role));
 	if (role == ROLE_KEEPER)
+	{
 		before_shmem_exit(keeper_exit, (Datum) 0);
+		ae_http_wait_hook = reap_while_sending;
+	}
 
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "anthropic_env keeper round",
 									  ALLOCSET_DEFAULT_SIZES);
