@@ -540,6 +540,7 @@ outcome_of(const AeCall *call, AePrepared *p, AeHttpResponse *resp, AeCallOutcom
 	out->error = NULL;
 	out->failed_body = NULL;
 	out->status = resp->status;
+	out->maybe_acted = resp->maybe_acted;
 	push_context(&errcb, &p->ctx);
 	PG_TRY();
 	{

@@ -71,6 +71,7 @@ typedef struct AeCallOutcome
 	ErrorData  *error;			/* what ae_api_call would raise, or NULL */
 	long		status;			/* HTTP status; 0 for a transport failure */
 	json_t	   *failed_body;	/* with error: the answer's JSON body, or NULL */
+	bool		maybe_acted;	/* status 0: the request may have reached the server */
 } AeCallOutcome;
 
 /*

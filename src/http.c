@@ -657,6 +657,8 @@ transfer_finish(AeTransfer *t, CURLcode rc)
 	if (rc != CURLE_OK)
 	{
 		t->resp->transport_failed = true;
+		if (end == AE_END_LOST || (end == AE_END_PERMANENT && t->prereqs > 0 && !nothing_was_sent(rc)))
+			t->maybe_acted = true;
 		report_final(t);
 		t->failure = rc;
 		return AE_ATTEMPT_FAILED;

@@ -70,7 +70,11 @@ typedef struct AeHttpResponse
 	int			attempts;
 	char	   *transport_error;	/* ae_http_execute_each(): why status is 0 */
 	bool		transport_failed;	/* no answer: status is 0 */
-	/* An earlier attempt, or a re-send by libcurl, may have reached the server. */
+	/*
+	 * An earlier attempt, a re-send by libcurl, or (transport_failed) the
+	 * last attempt may have reached the server.  An attempt that failed
+	 * before the request left (no connection) never sets it.
+	 */
 	bool		maybe_acted;
 	long		refused_wait_ms;	/* > 0: a retry-after beyond max_retry_wait */
 	int64		elapsed_us;		/* from the first attempt's start */

@@ -743,15 +743,26 @@ beat_unanswered(AeLease *l, TimestampTz sent)
 	"lease lost: the heartbeat's precondition failed (another worker holds the item)"
 
 /*
- * Whether a call that failed may still have been carried out: no answer,
- * one a gateway may give after the server acted, or a success whose body
- * we could not read.
+ * Whether a call that failed may still have been carried out: no answer
+ * after the request may have left, one a gateway may give after the server
+ * acted, or a success whose body we could not read.  A request that never
+ * left (a refused connection) cannot have acted: counting it would move
+ * maybe_acted_at, and so the window in which a 412 is taken as our own
+ * beat's, past the lease that beat can have set.
  */
 static bool
 failed_may_have_acted(const AeCallOutcome *o)
 {
-	return o->status == 0 || (o->status >= 200 && o->status < 300) ||
+	return (o->status == 0 && o->maybe_acted) || (o->status >= 200 && o->status < 300) ||
 		ae_retry_may_have_acted(AE_END_ANSWER, o->status);
+}
+
+/* Whether a failed claim is sent again: it may have acted, or was refused for now. */
+static bool
+claim_failed_for_now(const AeCallOutcome *o)
+{
+	return failed_may_have_acted(o) || o->status == 0 || o->status == 408 || o->status == 429 ||
+		o->status >= 500;
 }
 
 /* Whether s (NULL counts) fits a buffer of len bytes with its terminator. */
@@ -1592,7 +1603,8 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 				 * The server may have applied it, or a 409's re-fetch
 				 * failed: the keeper acks it again.
 				 */
-				t->ack_pending = failed_may_have_acted(o) || (o->status == 409 && !ack_refused(o));
+				t->ack_pending = failed_may_have_acted(o) || o->status == 0 ||
+					(o->status == 409 && !ack_refused(o));
 				return NULL;
 			}
 			/*
@@ -1624,7 +1636,7 @@ poll_chain_next(void *arg, int chain, const AeCall *call, const AeCallOutcome *o
 				 * claim is sent once): the keeper claims it again.
 				 */
 				t->claim_maybe_acted = failed_may_have_acted(o);
-				t->pending = t->claim_maybe_acted || o->status == 408 || o->status == 429 || o->status >= 500;
+				t->pending = claim_failed_for_now(o);
 			}
 			if (o->error || hb == NULL)
 				return NULL;
