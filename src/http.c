@@ -742,7 +742,11 @@ transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
 
 		CHECK_FOR_INTERRUPTS();
 		if (ae_http_wait_hook)
+		{
 			ae_http_wait_hook();
+			/* A lock the hook waited for ended the wait event. */
+			pgstat_report_wait_start(request_wait_event());
+		}
 
 		/* Start what may start: retries that are due, then new ones. */
 		now = GetCurrentTimestamp();

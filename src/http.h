@@ -92,10 +92,10 @@ extern void ae_http_execute(const AeHttpRequest *req, AeHttpResponse *resp);
 
 /*
  * When set, called at every turn of a transfer's poll loop (at least every
- * 20 ms while a request is in flight).  For a background worker with a duty
- * that must not wait for a slow batch to end: the lease keeper hands a dead
- * session's item back from here.  It must be cheap, must not raise, and must
- * not call into this layer.
+ * 20 ms while a request is in flight), for a background worker with a duty
+ * that must not wait for a slow batch to end.  It must be cheap, must not
+ * raise, and must not call into this layer.  Only the process that sets it
+ * has it: it is set after fork, never in the postmaster.
  */
 typedef void (*ae_http_wait_hook_type) (void);
 extern ae_http_wait_hook_type ae_http_wait_hook;

@@ -1972,6 +1972,14 @@ ae_keeper_main(Datum arg)
 	 * fails with a WARNING and is made again at a later round.
 	 */
 	SetConfigOption("lock_timeout", "500", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Nor may a synchronous standby that is down: a commit waiting for it
+	 * would hold every beat (every lease lost) and the exit for good, since
+	 * SIGTERM here cancels only once.  The rows are the workers' own state;
+	 * a failover that loses their latest writes reconciles like a restart.
+	 */
+	SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname(role == ROLE_KEEPER ? "anthropic_env lease keeper" : "anthropic_env work poller");
 
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
@@ -2053,7 +2061,11 @@ ae_keeper_main(Datum arg)
 			sleep_ms = poller_round();
 		}
 wait:
-		if (sleep_ms > 0)
+		/*
+		 * A SIGTERM whose cancel a lock wait took (ProcSleep resets the
+		 * latch) must not wait out the sleep: the exit has its second.
+		 */
+		if (sleep_ms > 0 && !keeper_stopping)
 		{
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 sleep_ms, PG_WAIT_EXTENSION);

@@ -16,10 +16,11 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-# The TTL leaves room: the interval is 10 s, each attempt 1 s, a failed
-# beat goes out again 1 s after its round, and a lease is lost only 20 s
-# after its last answered beat, well after the checks below end.
-my $ttl = 20;
+# The TTL leaves room: the interval is 15 s, each attempt 1 s, a failed
+# beat goes out again 1 s after its round, and a lease is lost only 30 s
+# after it was taken (its beats never succeed), about 6 s after the checks
+# below end.
+my $ttl = 30;
 my $per_env = 100;
 my $fake = FakeApi->start;
 END { local $?; $fake->stop if $fake; }
@@ -49,17 +50,19 @@ $fake->fault({ method => 'POST', path_regex => '/heartbeat$', delay_ms => 5000, 
 my $t_ready = time;
 diag(sprintf('%d items taken in %.1f s', $held, $t_ready - $t_serve));
 
-# The first beats fall due 10 s after the items were taken.  Once they fail,
+# The first beats fall due 15 s after the items were taken.  Once they fail,
 # a round sends every beat again, three or four waves of 64: a round lasts
 # 3 to 4 s.
 $fake->clear_requests;
-ok(FakeApi::wait_for(sub { scalar($fake->requests_for(qr{/heartbeat$})) > $held }, 15),
+ok(FakeApi::wait_for(sub { scalar($fake->requests_for(qr{/heartbeat$})) >= $held }, 20),
 	'every held lease\'s beat hangs');
-FakeApi::sleep_until($t_ready + 11.5);
+my @first = $fake->requests_for(qr{/heartbeat$});
+diag(sprintf('the first hung beat %.1f s after the items were held, the %dth %.1f s after', $first[0]{time} - $t_ready,
+	scalar(@first), $first[-1]{time} - $t_ready));
+usleep(1_500_000);
 
 # Three sessions claim an item each and end at different points of the
-# rounds; each item must be ready again well within 2 s.  Between rounds
-# only, the wait would be up to a whole round.
+# rounds.  Between rounds only, an item would wait up to a whole round.
 my @took;
 for my $trial (1 .. 3)
 {
@@ -80,7 +83,11 @@ for my $i (1 .. $#t) { $waves++ if $t[$i] - $t[ $i - 1 ] > 0.5; }
 diag(sprintf('%d beats in %d waves over %.1f s; items ready again after %s s',
 	scalar(@t), $waves, $t[-1] - $t[0], join(', ', map { sprintf('%.2f', $_) } @took)));
 my $worst = (sort { $b <=> $a } @took)[0];
-cmp_ok($worst, '<', 1.0, sprintf('each within 1 s (rule 6 asks 2 s; the check runs every 250 ms), worst %.2f s', $worst));
+cmp_ok($worst, '<', 2.0, sprintf('each within the 2 s of rule 6, worst %.2f s', $worst));
+# Between rounds only, three ends at random points of 3 to 4 s rounds would
+# rarely all come within 1.5 s; the check every 250 ms, plus the polling
+# here, always does.
+cmp_ok($worst, '<', 1.5, 'each within 1.5 s: the check does not wait for the round');
 
 $fake->clear_faults;
 is(poll_until("SELECT count(*) FROM anthropic.leases WHERE state = 'lost'", '0', 1), '0', 'no lease was lost');
