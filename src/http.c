@@ -25,7 +25,8 @@
  * Whether and when to retry is the retry policy's (retry.c); this file only
  * says how an attempt ended.  It also watches for libcurl's own re-send of
  * a request on a reused connection that died (the pre-request callback runs
- * twice in one attempt), because the server may have acted on the first.
+ * twice in one attempt, or once before the fresh connection is refused),
+ * because the server may have acted on the first.
  *
  *-------------------------------------------------------------------------
  */
@@ -353,15 +354,6 @@ response_header(CURL *easy, const char *name)
 	return NULL;
 }
 
-/* Transport errors after which the server cannot have seen the request. */
-static bool
-nothing_was_sent(CURLcode rc)
-{
-	return rc == CURLE_COULDNT_CONNECT ||
-		rc == CURLE_COULDNT_RESOLVE_HOST ||
-		rc == CURLE_COULDNT_RESOLVE_PROXY;
-}
-
 /* Transport errors that a retry cannot cure. */
 static bool
 permanent_transport_error(CURLcode rc)
@@ -484,7 +476,12 @@ attempt_end(const AeTransfer *t, CURLcode rc)
 {
 	if (t->body.too_large || t->body.out_of_memory || permanent_transport_error(rc))
 		return AE_END_PERMANENT;
-	if (nothing_was_sent(rc) || t->prereqs == 0)
+	/*
+	 * Only the pre-request callback tells: a refused connection after it ran
+	 * is libcurl's re-send on a fresh connection, the reused one having
+	 * died after the request went out, so the server may have it.
+	 */
+	if (t->prereqs == 0)
 		return AE_END_NOT_SENT;
 	return AE_END_LOST;
 }
@@ -657,7 +654,7 @@ transfer_finish(AeTransfer *t, CURLcode rc)
 	if (rc != CURLE_OK)
 	{
 		t->resp->transport_failed = true;
-		if (end == AE_END_LOST || (end == AE_END_PERMANENT && t->prereqs > 0 && !nothing_was_sent(rc)))
+		if (end == AE_END_LOST || (end == AE_END_PERMANENT && t->prereqs > 0))
 			t->maybe_acted = true;
 		report_final(t);
 		t->failure = rc;
