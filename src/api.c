@@ -515,7 +515,7 @@ prepare_batch(const AeCall *calls, int n, AePrepared **p, AeHttpRequest **reqs,
 
 	*p = palloc(sizeof(AePrepared) * n);
 	*reqs = palloc(sizeof(AeHttpRequest) * n);
-	*resps = palloc(sizeof(AeHttpResponse) * n);
+	*resps = palloc0(sizeof(AeHttpResponse) * n);
 	for (i = 0; i < n; i++)
 	{
 		prepare_call(&calls[i], &(*p)[i]);
@@ -583,9 +583,19 @@ ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out
 	if (n == 0)
 		return;
 	prepare_batch(calls, n, &p, &reqs, &resps);
-	ae_http_execute_each(reqs, resps, n, Min(concurrency, AE_MAX_CONCURRENCY));
-	for (i = 0; i < n; i++)
-		outcome_of(&calls[i], &p[i], &resps[i], &out[i]);
+	/* A caller cut short by a raise learns which of its requests went out. */
+	PG_TRY();
+	{
+		ae_http_execute_each(reqs, resps, n, Min(concurrency, AE_MAX_CONCURRENCY));
+		for (i = 0; i < n; i++)
+			outcome_of(&calls[i], &p[i], &resps[i], &out[i]);
+	}
+	PG_FINALLY();
+	{
+		for (i = 0; i < n; i++)
+			out[i].began = resps[i].began;
+	}
+	PG_END_TRY();
 }
 
 /* One chain of ae_api_call_chains() while its batch runs. */

@@ -72,12 +72,14 @@ typedef struct AeCallOutcome
 	long		status;			/* HTTP status; 0 for a transport failure */
 	json_t	   *failed_body;	/* with error: the answer's JSON body, or NULL */
 	bool		maybe_acted;	/* status 0: the request may have reached the server */
+	bool		began;			/* the request may have reached the server, set
+								 * even when the batch raised (a cancel) */
 } AeCallOutcome;
 
 /*
  * Sends n calls with at most `concurrency` in flight and reports each
  * one's outcome instead of raising: one failing call costs the others
- * nothing.  Interrupts still raise.
+ * nothing.  Interrupts still raise, with each out[i].began filled in.
  */
 extern void ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out);
 

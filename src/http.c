@@ -635,6 +635,8 @@ transfer_finish(AeTransfer *t, CURLcode rc)
 	if (ae_log_requests)
 		log_attempt(t, rc, status, rid);
 
+	if (t->prereqs > 0)
+		t->resp->began = true;
 	/* libcurl sent the request twice: the first may have been carried out. */
 	if (t->prereqs > 1)
 		t->maybe_acted = true;
@@ -839,7 +841,10 @@ transfer_loop(AeTransfer *ts, int n, int concurrency, bool pooled,
 	}
 }
 
-/* Takes every running transfer out of the multi handle. */
+/*
+ * Takes every running transfer out of the multi handle.  One cut short by a
+ * raise tells whether its request had begun.
+ */
 static void
 stop_transfers(AeTransfer *ts, int n)
 {
@@ -850,6 +855,8 @@ stop_transfers(AeTransfer *ts, int n)
 	{
 		if (ts[i].running)
 		{
+			if (ts[i].prereqs > 0)
+				ts[i].resp->began = true;
 			curl_multi_remove_handle(ae_multi, ts[i].easy);
 			curl_easy_setopt(ts[i].easy, CURLOPT_ERRORBUFFER, NULL);
 			ts[i].running = false;

@@ -76,6 +76,12 @@ typedef struct AeHttpResponse
 	 * before the request left (no connection) never sets it.
 	 */
 	bool		maybe_acted;
+	/*
+	 * libcurl began sending the request in some attempt, whatever followed,
+	 * and even when this layer raised before the call ended (a cancel): the
+	 * server may have it.  Unset, the request cannot have reached it.
+	 */
+	bool		began;
 	long		refused_wait_ms;	/* > 0: a retry-after beyond max_retry_wait */
 	int64		elapsed_us;		/* from the first attempt's start */
 	uint64		bytes_sent;

@@ -94,8 +94,11 @@ static bool told_served = false;	/* it logged more served environments than it s
 /*
  * The keeper's beats in flight, so that a SIGTERM meeting them records them
  * as unanswered on the way out: the server may apply them after we are gone.
+ * Their outcomes tell which had begun; one still connecting cannot have
+ * reached the server.
  */
 static struct Act *inflight = NULL;
+static AeCallOutcome *inflight_out = NULL;
 static int	ninflight = 0;
 static bool claims_confirmed = false;	/* a round confirmed a NO_HEARTBEAT claim */
 
@@ -1102,6 +1105,7 @@ send_acts(Act *acts, int n, int attempt_ms, TimestampTz now)
 	 */
 	SetConfigOption("anthropic.timeout_ms", psprintf("%d", attempt_ms), PGC_SUSET, PGC_S_SESSION);
 	inflight = acts;
+	inflight_out = out;
 	ninflight = n;
 	ae_api_call_each(calls, n, AE_MAX_CONCURRENCY, out);
 	ninflight = 0;
@@ -1227,31 +1231,38 @@ last_round(void)
 }
 
 /*
+ * The beats a raise cut short that had begun may be applied after we are
+ * gone: they are unanswered as of now.  Called with the leases' lock held.
+ */
+static void
+inflight_unanswered(void)
+{
+	int			i;
+
+	for (i = 0; i < ninflight; i++)
+	{
+		AeLease    *l = ae_lease_find(inflight[i].work_id);
+
+		if (l && inflight[i].kind == ACT_BEAT && inflight_out[i].began &&
+			(l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
+			beat_unanswered(l, GetCurrentTimestamp());
+	}
+	ninflight = 0;
+	inflight = NULL;
+}
+
+/*
  * After SIGTERM: what was in flight may have been applied, a last round
  * goes out, everything owed is written, then the keeper exits like die().
  */
 static void
 keeper_stop(void)
 {
-	int			i;
-
 	QueryCancelPending = false;
 	MemoryContextSwitchTo(TopMemoryContext);
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
-	for (i = 0; i < ninflight; i++)
-	{
-		AeLease    *l = ae_lease_find(inflight[i].work_id);
-
-		if (l && inflight[i].kind == ACT_BEAT &&
-			(l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
-		{
-			beat_unanswered(l, GetCurrentTimestamp());
-			l->dirty = true;
-		}
-	}
+	inflight_unanswered();
 	LWLockRelease(ae_leases->lock);
-	ninflight = 0;
-	inflight = NULL;
 	/* The last round's 0.5 s and two waits for a lock fit in the second. */
 	SetConfigOption("lock_timeout", "200", PGC_SUSET, PGC_S_OVERRIDE);
 	PG_TRY();
@@ -1308,6 +1319,13 @@ keeper_stop(void)
 			 errmsg("terminating anthropic_env lease keeper due to administrator command")));
 }
 
+/* A lease keeper_exit() records, as of its latest beat that may have acted. */
+typedef struct Unanswered
+{
+	char		work_id[AE_ID_LEN];
+	TimestampTz at;
+} Unanswered;
+
 static void
 write_unanswered(void *arg)
 {
@@ -1323,16 +1341,23 @@ write_unanswered(void *arg)
 		elog(ERROR, "could not lock anthropic.held_work");
 	foreach(lc, ids)
 	{
-		Oid			t[1] = {TEXTOID};
-		Datum		v[1];
+		Unanswered *u = lfirst(lc);
+		Oid			t[2] = {TEXTOID, TIMESTAMPTZOID};
+		Datum		v[2];
 
 		/* A row a session's open work_finish() holds is left alone. */
-		if (lock_row(lfirst(lc)) != 1)
+		if (lock_row(u->work_id) != 1)
 			continue;
-		v[0] = text_datum(lfirst(lc));
-		if (SPI_execute_with_args("UPDATE anthropic.held_work SET beat_unanswered = true, beat_unanswered_at = now() "
+		v[0] = text_datum(u->work_id);
+		v[1] = TimestampTzGetDatum(u->at);
+
+		/*
+		 * Its own time, not the exit's: the window in which a restart takes
+		 * a 412 as that beat's runs a TTL from it, and no longer.
+		 */
+		if (SPI_execute_with_args("UPDATE anthropic.held_work SET beat_unanswered = true, beat_unanswered_at = $2 "
 								  "WHERE work_id = $1",
-								  1, t, v, NULL, false, 0) != SPI_OK_UPDATE)
+								  2, t, v, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update anthropic.held_work");
 	}
 }
@@ -1358,23 +1383,21 @@ keeper_exit(int code, Datum arg)
 	AbortOutOfAnyTransaction();
 	MemoryContextSwitchTo(TopMemoryContext);
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
-	for (i = 0; i < ninflight; i++)
-	{
-		AeLease    *l = ae_lease_find(inflight[i].work_id);
-
-		if (l && inflight[i].kind == ACT_BEAT &&
-			(l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
-			beat_unanswered(l, GetCurrentTimestamp());
-	}
+	inflight_unanswered();
 	for (i = 0; i < AE_MAX_LEASES; i++)
 	{
 		AeLease    *l = &ae_leases->leases[i];
 
 		if ((l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED) && l->beat_maybe_acted)
-			ids = lappend(ids, pstrdup(l->work_id));
+		{
+			Unanswered *u = palloc(sizeof(Unanswered));
+
+			strlcpy(u->work_id, l->work_id, sizeof(u->work_id));
+			u->at = l->maybe_acted_at ? l->maybe_acted_at : GetCurrentTimestamp();
+			ids = lappend(ids, u);
+		}
 	}
 	LWLockRelease(ae_leases->lock);
-	ninflight = 0;
 	if (ids != NIL)
 		(void) in_xact(write_unanswered, ids, "record its unanswered beats");
 }
@@ -2006,9 +2029,16 @@ ae_keeper_main(Datum arg)
 		long		sleep_ms = 1000;
 		TimestampTz now;
 
+		/*
+		 * A SIGTERM landing here must not raise its cancel outside every
+		 * PG_TRY (an exit with no last round): cancels wait until the stop
+		 * check.
+		 */
+		HOLD_CANCEL_INTERRUPTS();
+		CHECK_FOR_INTERRUPTS();
+		RESUME_CANCEL_INTERRUPTS();
 		if (keeper_stopping)
 			keeper_stop();
-		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
