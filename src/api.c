@@ -541,6 +541,7 @@ outcome_of(const AeCall *call, AePrepared *p, AeHttpResponse *resp, AeCallOutcom
 	out->failed_body = NULL;
 	out->status = resp->status;
 	out->maybe_acted = resp->maybe_acted;
+	out->ended = resp->ended;
 	push_context(&errcb, &p->ctx);
 	PG_TRY();
 	{
@@ -583,7 +584,17 @@ ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out
 	if (n == 0)
 		return;
 	prepare_batch(calls, n, &p, &reqs, &resps);
-	/* A caller cut short by a raise learns which of its requests went out. */
+
+	/*
+	 * A caller cut short by a raise learns which of its requests went out
+	 * and what answer each had.  A FATAL skips the copy: every request is
+	 * then taken as begun and unanswered.
+	 */
+	for (i = 0; i < n; i++)
+	{
+		out[i].began = true;
+		out[i].status = 0;
+	}
 	PG_TRY();
 	{
 		ae_http_execute_each(reqs, resps, n, Min(concurrency, AE_MAX_CONCURRENCY));
@@ -593,7 +604,10 @@ ae_api_call_each(const AeCall *calls, int n, int concurrency, AeCallOutcome *out
 	PG_FINALLY();
 	{
 		for (i = 0; i < n; i++)
+		{
 			out[i].began = resps[i].began;
+			out[i].status = resps[i].status;
+		}
 	}
 	PG_END_TRY();
 }

@@ -13,6 +13,7 @@
 #ifndef AE_API_H
 #define AE_API_H
 
+#include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
 #include "apijson.h"
@@ -72,7 +73,9 @@ typedef struct AeCallOutcome
 	long		status;			/* HTTP status; 0 for a transport failure */
 	json_t	   *failed_body;	/* with error: the answer's JSON body, or NULL */
 	bool		maybe_acted;	/* status 0: the request may have reached the server */
-	bool		began;			/* the request may have reached the server, set
+	TimestampTz ended;			/* when its last attempt ended */
+	bool		began;			/* ae_api_call_each() only: the request may
+								 * have reached the server; set, with status,
 								 * even when the batch raised (a cancel) */
 } AeCallOutcome;
 

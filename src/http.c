@@ -463,7 +463,8 @@ report_final(AeTransfer *t)
 	resp->attempts = t->attempt;
 	resp->maybe_acted = t->maybe_acted;
 	resp->refused_wait_ms = t->refused_wait_ms;
-	resp->elapsed_us = (int64) (GetCurrentTimestamp() - t->call_start);
+	resp->ended = GetCurrentTimestamp();
+	resp->elapsed_us = (int64) (resp->ended - t->call_start);
 	resp->bytes_sent = t->sent;
 	resp->bytes_received = t->received;
 	if (t->req->on_final)
@@ -623,6 +624,8 @@ transfer_finish(AeTransfer *t, CURLcode rc)
 	AeRetryHeaders hdrs = {NULL, NULL, NULL};
 	AeRetryDecision d;
 
+	if (t->prereqs > 0)
+		t->resp->began = true;
 	if (rc == CURLE_OK)
 	{
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
@@ -635,8 +638,6 @@ transfer_finish(AeTransfer *t, CURLcode rc)
 	if (ae_log_requests)
 		log_attempt(t, rc, status, rid);
 
-	if (t->prereqs > 0)
-		t->resp->began = true;
 	/* libcurl sent the request twice: the first may have been carried out. */
 	if (t->prereqs > 1)
 		t->maybe_acted = true;

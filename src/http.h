@@ -14,6 +14,7 @@
 #ifndef AE_HTTP_H
 #define AE_HTTP_H
 
+#include "datatype/timestamp.h"
 #include "retry.h"
 
 typedef enum AeCredential
@@ -84,6 +85,7 @@ typedef struct AeHttpResponse
 	bool		began;
 	long		refused_wait_ms;	/* > 0: a retry-after beyond max_retry_wait */
 	int64		elapsed_us;		/* from the first attempt's start */
+	TimestampTz ended;			/* when the last attempt ended */
 	uint64		bytes_sent;
 	uint64		bytes_received;
 } AeHttpResponse;

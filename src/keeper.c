@@ -858,6 +858,12 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 {
 	json_t	   *answer = NULL;
 
+	/*
+	 * When the answer came (or the attempt gave up): no earlier than the
+	 * server can have met the beat, in whichever wave of the round it went.
+	 */
+	TimestampTz ended = Max(o->ended, now);
+
 	if (o->error == NULL && o->answer != NULL)
 	{
 		apply_beat_answer(l, o->answer, now);
@@ -870,7 +876,7 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 	 * heartbeat.  Its 412 showing the lease that beat set is a success
 	 * (retry.c's rule, the same as for a retry within one call).
 	 */
-	if (o->status == 412 && l->beat_maybe_acted && !unanswered_lease_over(l, now) &&
+	if (o->status == 412 && l->beat_maybe_acted && !unanswered_lease_over(l, ended) &&
 		ae_retry_reconcile(AE_RECONCILE_HEARTBEAT, o->status, o->failed_body,
 						   a->last_heartbeat, &answer) == AE_RECONCILED_ANSWER)
 	{
@@ -914,7 +920,7 @@ apply_beat(AeLease *l, const Act *a, const AeCallOutcome *o, TimestampTz now)
 	 * set.  It goes out soon; the TTL rule decides when the lease is lost.
 	 */
 	if (failed_may_have_acted(o))
-		beat_unanswered(l, now);
+		beat_unanswered(l, ended);
 	ae_lease_strcpy(l->error, o->error ? o->error->message : "heartbeat failed", sizeof(l->error));
 	l->dirty = true;
 	l->next_beat_at = TimestampTzPlusMilliseconds(now, Min(1000, beat_interval_ms(l->ttl_seconds) / 2));
@@ -1187,7 +1193,7 @@ act_older(const void *a, const void *b)
  * most AE_LAST_ROUND_MS keeps the exit within a second; leases beyond it
  * keep the lease their last beat gave.  Nothing is stopped.
  */
-static List *
+static void
 last_round(void)
 {
 	Act		   *acts = palloc(sizeof(Act) * AE_MAX_LEASES);
@@ -1195,7 +1201,6 @@ last_round(void)
 	int			held;
 	int			answered;
 	int			i;
-	List	   *beaten = NIL;
 
 	LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
 	for (i = 0; i < AE_MAX_LEASES; i++)
@@ -1211,7 +1216,7 @@ last_round(void)
 	{
 		ereport(LOG,
 				(errmsg("anthropic_env lease keeper holds no lease to beat on its way out")));
-		return NIL;
+		return;
 	}
 	qsort(acts, n, sizeof(Act), act_older);
 	held = n;
@@ -1225,14 +1230,13 @@ last_round(void)
 	ereport(LOG,
 			(errmsg("anthropic_env lease keeper beat %d of %d held leases on its way out, %d answered",
 					n, held, answered)));
-	for (i = 0; i < n; i++)
-		beaten = lappend(beaten, acts[i].work_id);
-	return beaten;
 }
 
 /*
- * The beats a raise cut short that had begun may be applied after we are
- * gone: they are unanswered as of now.  Called with the leases' lock held.
+ * The beats of a batch a raise cut short that had begun, and were not
+ * refused, may be applied after we are gone, or were and their heartbeat
+ * is lost with the batch: they are unanswered as of now.  Called with the
+ * leases' lock held.
  */
 static void
 inflight_unanswered(void)
@@ -1242,8 +1246,11 @@ inflight_unanswered(void)
 	for (i = 0; i < ninflight; i++)
 	{
 		AeLease    *l = ae_lease_find(inflight[i].work_id);
+		const AeCallOutcome *o = &inflight_out[i];
 
-		if (l && inflight[i].kind == ACT_BEAT && inflight_out[i].began &&
+		if (l && inflight[i].kind == ACT_BEAT && o->began &&
+			(o->status == 0 || (o->status >= 200 && o->status < 300) ||
+			 ae_retry_may_have_acted(AE_END_ANSWER, o->status)) &&
 			(l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
 			beat_unanswered(l, GetCurrentTimestamp());
 	}
@@ -1269,28 +1276,9 @@ keeper_stop(void)
 	{
 		if (ae_leases->loaded)
 		{
-			List	   *beaten = last_round();
-
+			last_round();
+			/* If this fails, keeper_exit() records what it could not. */
 			stop_flushed = flush_leases();
-
-			/*
-			 * A beat answered but not recorded is, to the restart, a beat
-			 * that may have acted: keeper_exit() writes that much.
-			 */
-			if (!stop_flushed)
-			{
-				ListCell   *lc;
-
-				LWLockAcquire(ae_leases->lock, LW_EXCLUSIVE);
-				foreach(lc, beaten)
-				{
-					AeLease    *l = ae_lease_find(lfirst(lc));
-
-					if (l && (l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED))
-						beat_unanswered(l, GetCurrentTimestamp());
-				}
-				LWLockRelease(ae_leases->lock);
-			}
 		}
 		else
 			stop_flushed = true;
@@ -1364,12 +1352,14 @@ write_unanswered(void *arg)
 
 /*
  * An exit other than through keeper_stop() (an error, or a failure in the
- * last round) may leave beats in flight that the server applies after
- * we are gone, or a failed beat not flushed.  A clean restart must not
- * read that as another worker's beat:
- * every such lease is recorded as beat_unanswered, so that load_held()
- * reconciles the 412 its next beat meets.  Runs before ShutdownPostgres,
- * outside any transaction of ours (an interrupted one is aborted first).
+ * last round or its flush) may leave beats in flight that the server
+ * applies after we are gone, a failed beat not flushed, or an answered
+ * one whose heartbeat never reached the table.  A clean restart must not
+ * read the 412 its next beat meets as another worker's: every such lease
+ * is recorded as beat_unanswered, as of its beat that may have acted (an
+ * answered one: as of that beat), so that load_held() reconciles it.  Runs
+ * before ShutdownPostgres, outside any transaction of ours (an interrupted
+ * one is aborted first).
  */
 static void
 keeper_exit(int code, Datum arg)
@@ -1388,12 +1378,18 @@ keeper_exit(int code, Datum arg)
 	{
 		AeLease    *l = &ae_leases->leases[i];
 
-		if ((l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED) && l->beat_maybe_acted)
+		if ((l->state == AE_LEASE_READY || l->state == AE_LEASE_CLAIMED) &&
+			(l->beat_maybe_acted || l->dirty))
 		{
 			Unanswered *u = palloc(sizeof(Unanswered));
 
 			strlcpy(u->work_id, l->work_id, sizeof(u->work_id));
-			u->at = l->maybe_acted_at ? l->maybe_acted_at : GetCurrentTimestamp();
+			if (l->beat_maybe_acted)
+				u->at = l->maybe_acted_at;
+			else
+				u->at = Max(l->last_beat_at, l->taken_at);
+			if (u->at == 0)
+				u->at = GetCurrentTimestamp();
 			ids = lappend(ids, u);
 		}
 	}
@@ -1974,6 +1970,32 @@ keeper_turn(void)
 	return sleep_ms;
 }
 
+/*
+ * The loop's interrupt check.  A SIGTERM landing just before it must not
+ * raise its cancel outside every PG_TRY (an exit with no last round); any
+ * other cancel ends the keeper, as at any other point outside a round.
+ */
+static void
+interrupts_or_stop(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		CHECK_FOR_INTERRUPTS();
+	}
+	PG_CATCH();
+	{
+		if (!keeper_stopping)
+			PG_RE_THROW();
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	if (keeper_stopping)
+		keeper_stop();
+}
+
 void
 ae_keeper_main(Datum arg)
 {
@@ -2029,16 +2051,7 @@ ae_keeper_main(Datum arg)
 		long		sleep_ms = 1000;
 		TimestampTz now;
 
-		/*
-		 * A SIGTERM landing here must not raise its cancel outside every
-		 * PG_TRY (an exit with no last round): cancels wait until the stop
-		 * check.
-		 */
-		HOLD_CANCEL_INTERRUPTS();
-		CHECK_FOR_INTERRUPTS();
-		RESUME_CANCEL_INTERRUPTS();
-		if (keeper_stopping)
-			keeper_stop();
+		interrupts_or_stop();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;

@@ -11,7 +11,8 @@
 #     unanswered time, not the time of its beat that may have acted, so the
 #     window ran a TTL from the exit.
 # Fixed: a beat in flight counts only if libcurl began sending it, and the
-# exit writes each lease's own time.
+# exit writes each lease's own time.  (That a beat which did begin is
+# recorded when SIGTERM meets it is test 121's.)
 #
 # The API host is black-holed with a loopback listener of backlog 0, never
 # accepting and filled first: the kernel drops the keeper's SYN, connect()
@@ -102,11 +103,12 @@ is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready'
 sq("ALTER SYSTEM SET anthropic.base_url = 'http://127.0.0.1:$hole'");
 sq('SELECT pg_reload_conf()');
 interrupt_connecting('pg_terminate_backend');
+# Read before the next keeper starts: its first answered beat would clear it.
+is(held('beat_unanswered', $w), 'f', 'a beat that never reached the server is not recorded as unanswered')
+  or diag(sq("SELECT row_to_json(h) FROM anthropic.held_work h WHERE work_id = '$w'"));
 $fake->clear_requests;
 sq('ALTER SYSTEM RESET anthropic.base_url');
 sq('SELECT pg_reload_conf()');
-is(held('beat_unanswered', $w), 'f', 'a beat that never reached the server is not recorded as unanswered')
-  or diag(sq("SELECT row_to_json(h) FROM anthropic.held_work h WHERE work_id = '$w'"));
 ok(FakeApi::wait_for(sub { grep { ($_->{status} // 0) == 200 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$}) }, $ttl),
 	'the restarted keeper beats the lease again');
 is(poll_until("SELECT state FROM anthropic.leases WHERE work_id = '$w'", 'ready', 3), 'ready', 'which is still held');
@@ -125,6 +127,10 @@ is(poll_until("SELECT beat_unanswered FROM anthropic.held_work WHERE work_id = '
 	'the keeper records it as unanswered')
   or diag(sq("SELECT row_to_json(l) FROM anthropic.leases l WHERE work_id = '$w'") . "\n" .
 	join("\n", map { "$_->{time} " . ($_->{status} // '-') } $fake->requests_for(qr{/work/\Q$w\E/})));
+
+$fake->clear_faults;
+my @late = grep { $_->{time} > $t0 + 0.5 } $fake->requests_for(qr{/work/\Q$w\E/heartbeat$});
+is(scalar @late, 0, 'no later beat reached the server (the black hole took them)');
 
 # An attempt after it hangs connecting; a cancel there ends the keeper
 # (FATAL).  Late enough that the exit's time is far from t0, and before the
